@@ -1,0 +1,224 @@
+"""The engine that binds the core's decisions (plan, schedule, masks) to torch tensors.
+
+One engine serves every torch entry point: the optimizers, :func:`attach` and the model-level
+:class:`Prune`. Its state (step counter, masks by parameter name, sparsity restored from the
+weights) lives in one plain dict that the owner stores: for optimizers that is
+``optimizer.state["prunekit"]``, so ``state_dict()`` / ``load_state_dict()`` carry the pruning with
+no renamed parameters, hooks or wrapper layers. The dict is replaced, never mutated, on every change,
+so a ``state_dict()`` taken earlier keeps describing its own moment.
+"""
+
+from collections import defaultdict
+
+import torch
+
+from prunekit.core.plan import resolve_plan
+from prunekit.errors import PlanError, PruningRuntimeError
+from prunekit.torch import _select
+
+__all__ = ["PruningEngine", "STATE_KEY"]
+
+STATE_KEY = "prunekit"
+
+
+def _by_device(pairs):
+    groups = defaultdict(lambda: ([], []))
+    for a, b in pairs:
+        bucket = groups[a.device]
+        bucket[0].append(a)
+        bucket[1].append(b)
+    return groups.values()
+
+
+class PruningEngine:
+    """Schedule, plan and masks for a set of named torch parameters.
+
+    Args:
+        named_params: ``[(name, parameter), ...]`` in a stable order.
+        config: a validated :class:`prunekit.core.PruneConfig`.
+        owner: the object whose ``state`` dict holds this engine's state under ``"prunekit"`` (an
+            optimizer's ``state`` is replaced by ``load_state_dict``, so it is looked up anew).
+        optimizer: the optimizer whose per-parameter state (``optimizer.state[p]``) is zeroed with the
+            masks at prune events, or None.
+        named: False when the names are placeholders (then name-based options are errors).
+    """
+
+    def __init__(self, named_params, config, owner, optimizer=None, named=True):
+        self.config = config
+        self.schedule = config.schedule
+        self._params = dict(named_params)
+        self._owner = owner
+        self._optimizer = optimizer
+        self.plan = resolve_plan([(n, tuple(p.shape)) for n, p in named_params], config, named=named)
+        self._specs = [(spec, self._params[spec.name]) for spec in self.plan]
+
+    # -- state -------------------------------------------------------------------------------------
+    @property
+    def state(self):
+        return self._owner.state.get(STATE_KEY, {"step": 0, "masks": {}, "restored": {}})
+
+    def _set_state(self, **changes):
+        state = dict(self.state)
+        state.update(changes)
+        self._owner.state[STATE_KEY] = state
+
+    @property
+    def step_count(self):
+        """Completed steps (updates) so far."""
+        return self.state["step"]
+
+    @property
+    def masks(self):
+        """``{name: bool tensor}`` (True = kept); empty until the first prune event or restore."""
+        return self.state["masks"]
+
+    def check_loaded_state(self):
+        """After a load: masks must match the plan; move them onto their parameters' devices."""
+        if STATE_KEY not in self._owner.state:
+            return
+        state = self.state
+        masks = {}
+        for name, mask in state.get("masks", {}).items():
+            if name not in self.plan.names:
+                raise PlanError(f"loaded pruning state has a mask for {name!r}, which this optimizer's plan "
+                                f"does not prune; plan: {self.plan.names}")
+            p = self._params[name]
+            if tuple(mask.shape) != tuple(p.shape):
+                raise PlanError(f"loaded mask for {name!r} has shape {tuple(mask.shape)}; the parameter has "
+                                f"{tuple(p.shape)}")
+            masks[name] = mask.to(device=p.device, dtype=torch.bool)
+        self._owner.state[STATE_KEY] = {"step": int(state.get("step", 0)), "masks": masks,
+                                    "restored": dict(state.get("restored", {}))}
+
+    # -- the step ----------------------------------------------------------------------------------
+    @property
+    def active(self):
+        """False when nothing can ever change: the owner then behaves exactly as its base."""
+        return not self.config.is_noop and len(self._specs) > 0
+
+    def _event_due(self):
+        if self.config.fix_sparsity and self.masks:
+            return False
+        return self.schedule.is_event(self.step_count)
+
+    @torch.no_grad()
+    def before_update(self):
+        """Restore masks on the first step, run a prune event when one is due."""
+        if self.config.restore_sparsity and not self.masks and self.step_count == 0:
+            self.restore()
+        if self._event_due():
+            self.prune_event()
+
+    @torch.no_grad()
+    def process_grads(self, mask_grads):
+        """L1 pull toward zero and, for layer-wise optimizers, zero gradients of pruned entries."""
+        if self.config.L1_regularization:
+            for spec, p in self._specs:
+                if p.grad is not None:
+                    p.grad.add_(torch.sign(p.detach()), alpha=self.config.l1_strength)
+        if mask_grads and self.masks:
+            pairs = [(p.grad, self.masks[s.name]) for s, p in self._specs
+                     if p.grad is not None and s.name in self.masks]
+            for grads, masks in _by_device(pairs):
+                torch._foreach_mul_(grads, masks)
+
+    @torch.no_grad()
+    def after_update(self):
+        """Pruned entries back to exactly 0.0, then count the step."""
+        self.apply_masks()
+        self._set_state(step=self.step_count + 1)
+
+    @torch.no_grad()
+    def apply_masks(self):
+        masks = self.masks
+        pairs = [(p, masks[s.name]) for s, p in self._specs if s.name in masks]
+        for params, ms in _by_device(pairs):
+            torch._foreach_mul_(params, ms)
+
+    # -- prune events ------------------------------------------------------------------------------
+    def _initial_sparsity(self, names):
+        restored = self.state["restored"]
+        values = [restored.get(n, 0.0) for n in names]
+        sizes = [self._params[n].numel() for n in names]
+        weighted = sum(v * s for v, s in zip(values, sizes)) / max(1, sum(sizes))
+        return max(self.config.init_sparsity, weighted)
+
+    def _check_finite(self, name, p):
+        if not bool(torch.isfinite(p).all()):
+            raise PruningRuntimeError(f"parameter {name!r} holds NaN or inf at step {self.step_count}; "
+                                      "masks cannot be ranked (lower the learning rate or clip gradients)")
+
+    @torch.no_grad()
+    def prune_event(self):
+        """Recompute every mask at the current step, zero pruned weights and their optimizer state."""
+        step, old = self.step_count, self.masks
+        new = {}
+        global_specs = [(s, p) for s, p in self._specs if s.pattern.is_global]
+        for spec, p in self._specs:
+            if spec.pattern.is_global:
+                continue
+            self._check_finite(spec.name, p)
+            sparsity = self.schedule.sparsity_at(step, self._initial_sparsity([spec.name]), spec.target)
+            new[spec.name] = _select.tensor_mask(p, sparsity, spec.pattern, old.get(spec.name))
+        if global_specs:
+            names = [s.name for s, _ in global_specs]
+            for name, p in zip(names, (p for _, p in global_specs)):
+                self._check_finite(name, p)
+            sparsity = self.schedule.sparsity_at(step, self._initial_sparsity(names), global_specs[0][0].target)
+            priors = [old[n] for n in names] if all(n in old for n in names) else None
+            for name, mask in zip(names, _select.global_masks([p for _, p in global_specs], sparsity, priors)):
+                new[name] = mask
+        self._install(new)
+
+    @torch.no_grad()
+    def restore(self):
+        """Masks = ``weight != 0``: sparsity already in a loaded model is kept (``restore_sparsity``)."""
+        masks, restored = {}, {}
+        for spec, p in self._specs:
+            masks[spec.name] = p.detach() != 0
+            restored[spec.name] = 1.0 - int(masks[spec.name].sum()) / max(1, p.numel())
+        self._set_state(restored=restored)
+        self._install(masks)
+
+    def _install(self, masks):
+        merged = dict(self.masks)
+        merged.update(masks)
+        self._set_state(masks=merged)
+        for spec, p in self._specs:
+            mask = masks.get(spec.name)
+            if mask is None:
+                continue
+            p.detach().mul_(mask)
+            if self._optimizer is not None:
+                for value in self._optimizer.state.get(p, {}).values():
+                    if torch.is_tensor(value) and value.shape == p.shape and value.is_floating_point():
+                        value.mul_(mask)
+
+    # -- reports -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sparsity(self):
+        """``(per_tensor, total)``: zeros / elements of each planned tensor, and overall by size."""
+        per, zeros, total = {}, 0, 0
+        for spec, p in self._specs:
+            z = int((p.detach() == 0).sum())
+            per[spec.name] = z / max(1, p.numel())
+            zeros, total = zeros + z, total + p.numel()
+        return per, (zeros / total if total else 0.0)
+
+    def target_now(self):
+        """The sparsity the schedule aims at for the current step, per tensor."""
+        step = self.step_count
+        out = {}
+        for spec, _ in self._specs:
+            if step < self.schedule.pretrain_step:
+                out[spec.name] = 0.0
+            else:
+                out[spec.name] = self.schedule.sparsity_at(step, self._initial_sparsity([spec.name]), spec.target)
+        return out
+
+
+def mask_nbytes(engine):
+    """Bytes held by the engine's masks (1 per pruned-tensor element)."""
+    return sum(m.numel() * m.element_size() for m in engine.masks.values())
+
+
