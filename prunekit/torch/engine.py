@@ -16,18 +16,33 @@ from prunekit.core.plan import resolve_plan
 from prunekit.errors import PlanError, PruningRuntimeError
 from prunekit.torch import _select
 
-__all__ = ["PruningEngine", "STATE_KEY"]
+__all__ = ["PruningEngine", "STATE_KEY", "zero_pruned_", "mask_nbytes"]
 
 STATE_KEY = "prunekit"
 
 
-def _by_device(pairs):
+_SAME_SIZE_INT = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
+                  torch.float64: torch.int64}
+
+
+def zero_pruned_(tensors, masks):
+    """``t[~mask] = 0`` for each pair, in place, one ``_foreach_mul_`` per device and dtype.
+
+    A float tensor is multiplied as its same-size integer view by the mask's bytes: the bits of a kept
+    entry times 1 are unchanged, times 0 they are +0.0. Exact, and on CPU about 1.8x faster than
+    multiplying by a bool mask (whose conversion to float dominates); see docs/results.md.
+    """
     groups = defaultdict(lambda: ([], []))
-    for a, b in pairs:
-        bucket = groups[a.device]
-        bucket[0].append(a)
-        bucket[1].append(b)
-    return groups.values()
+    for t, m in zip(tensors, masks):
+        t = t.detach()
+        int_dtype = _SAME_SIZE_INT.get(t.dtype)
+        if int_dtype is not None:
+            t, m = t.view(int_dtype), m.view(torch.uint8)
+        bucket = groups[(t.device, t.dtype)]
+        bucket[0].append(t)
+        bucket[1].append(m)
+    for ts, ms in groups.values():
+        torch._foreach_mul_(ts, ms)
 
 
 class PruningEngine:
@@ -118,9 +133,9 @@ class PruningEngine:
                     p.grad.add_(torch.sign(p.detach()), alpha=self.config.l1_strength)
         if mask_grads and self.masks:
             pairs = [(p.grad, self.masks[s.name]) for s, p in self._specs
-                     if p.grad is not None and s.name in self.masks]
-            for grads, masks in _by_device(pairs):
-                torch._foreach_mul_(grads, masks)
+                     if p.grad is not None and s.name in self.masks and not p.grad.is_sparse]
+            if pairs:
+                zero_pruned_(*zip(*pairs))
 
     @torch.no_grad()
     def after_update(self):
@@ -132,8 +147,8 @@ class PruningEngine:
     def apply_masks(self):
         masks = self.masks
         pairs = [(p, masks[s.name]) for s, p in self._specs if s.name in masks]
-        for params, ms in _by_device(pairs):
-            torch._foreach_mul_(params, ms)
+        if pairs:
+            zero_pruned_(*zip(*pairs))
 
     # -- prune events ------------------------------------------------------------------------------
     def _initial_sparsity(self, names):
@@ -143,10 +158,9 @@ class PruningEngine:
         weighted = sum(v * s for v, s in zip(values, sizes)) / max(1, sum(sizes))
         return max(self.config.init_sparsity, weighted)
 
-    def _check_finite(self, name, p):
-        if not bool(torch.isfinite(p).all()):
-            raise PruningRuntimeError(f"parameter {name!r} holds NaN or inf at step {self.step_count}; "
-                                      "masks cannot be ranked (lower the learning rate or clip gradients)")
+    def _non_finite(self, names):
+        return PruningRuntimeError(f"{', '.join(repr(n) for n in names)} holds NaN or inf at step {self.step_count}; "
+                                   "masks cannot be ranked (lower the learning rate or clip gradients)")
 
     @torch.no_grad()
     def prune_event(self):
@@ -157,17 +171,20 @@ class PruningEngine:
         for spec, p in self._specs:
             if spec.pattern.is_global:
                 continue
-            self._check_finite(spec.name, p)
             sparsity = self.schedule.sparsity_at(step, self._initial_sparsity([spec.name]), spec.target)
-            new[spec.name] = _select.tensor_mask(p, sparsity, spec.pattern, old.get(spec.name))
+            try:
+                new[spec.name] = _select.tensor_mask(p, sparsity, spec.pattern, old.get(spec.name))
+            except _select.NonFiniteWeights:
+                raise self._non_finite([spec.name]) from None
         if global_specs:
             names = [s.name for s, _ in global_specs]
-            for name, p in zip(names, (p for _, p in global_specs)):
-                self._check_finite(name, p)
             sparsity = self.schedule.sparsity_at(step, self._initial_sparsity(names), global_specs[0][0].target)
             priors = [old[n] for n in names] if all(n in old for n in names) else None
-            for name, mask in zip(names, _select.global_masks([p for _, p in global_specs], sparsity, priors)):
-                new[name] = mask
+            try:
+                masks = _select.global_masks([p for _, p in global_specs], sparsity, priors)
+            except _select.NonFiniteWeights:
+                raise self._non_finite(names) from None
+            new.update(zip(names, masks))
         self._install(new)
 
     @torch.no_grad()
@@ -184,15 +201,20 @@ class PruningEngine:
         merged = dict(self.masks)
         merged.update(masks)
         self._set_state(masks=merged)
+        tensors, tensor_masks = [], []
         for spec, p in self._specs:
             mask = masks.get(spec.name)
             if mask is None:
                 continue
-            p.detach().mul_(mask)
+            tensors.append(p)
+            tensor_masks.append(mask)
             if self._optimizer is not None:
                 for value in self._optimizer.state.get(p, {}).values():
                     if torch.is_tensor(value) and value.shape == p.shape and value.is_floating_point():
-                        value.mul_(mask)
+                        tensors.append(value)
+                        tensor_masks.append(mask)
+        if tensors:
+            zero_pruned_(tensors, tensor_masks)
 
     # -- reports -----------------------------------------------------------------------------------
     @torch.no_grad()

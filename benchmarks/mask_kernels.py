@@ -1,0 +1,76 @@
+"""Ways to keep pruned entries at zero after an SGD step, timed side by side on ResNet-50's parameters.
+
+Each row is one SGD (momentum 0.9, foreach) step plus a way of zeroing the pruned entries, relative
+to the bare SGD step measured in the same run. It explains prunekit's choice (integer view times the
+mask's bytes: exact, 1 byte per parameter) and what faster options would cost.
+
+    python benchmarks/mask_kernels.py [--repeats 30] [--threads 2] [--json ...]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+import torchvision
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default="benchmarks/results/mask_kernels.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    params = [p.detach().clone() for p in torchvision.models.resnet50().parameters()]
+    grads = [torch.randn_like(p) for p in params]
+    bufs = [torch.zeros_like(p) for p in params]
+    bool_masks = [torch.rand_like(p) > 0.9 for p in params]
+    float_masks = [m.float() for m in bool_masks]
+    int_views = [p.view(torch.int32) for p in params]
+    byte_masks = [m.view(torch.uint8) for m in bool_masks]
+
+    def sgd():
+        torch._foreach_mul_(bufs, 0.9)
+        torch._foreach_add_(bufs, grads)
+        torch._foreach_add_(params, bufs, alpha=-0.01)
+
+    def fused_float():  # an own SGD update with the mask fused in: needs 4-byte masks and own math
+        torch._foreach_mul_(bufs, 0.9)
+        torch._foreach_add_(bufs, grads)
+        torch._foreach_addcmul_(params, bufs, float_masks, value=-0.01)
+
+    variants = {
+        "SGD step alone": (sgd, 0),
+        "+ params *= bool mask (foreach)": (lambda: (sgd(), torch._foreach_mul_(params, bool_masks)), 1),
+        "+ params *= float mask (foreach)": (lambda: (sgd(), torch._foreach_mul_(params, float_masks)), 4),
+        "+ int32 view *= mask bytes (prunekit)": (lambda: (sgd(), torch._foreach_mul_(int_views, byte_masks)), 1),
+        "+ grads *= float mask, then step": (lambda: (torch._foreach_mul_(grads, float_masks), sgd()), 4),
+        "own update, float mask fused (addcmul)": (fused_float, 4),
+    }
+    times = {name: [] for name in variants}
+    for _ in range(3):
+        for fn, _ in variants.values():
+            fn()
+    for _ in range(args.repeats):
+        for name, (fn, _) in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["SGD step alone"])
+    rows = [{"variant": n, "ms": statistics.median(t) * 1e3, "ratio": statistics.median(t) / base,
+             "mask_bytes_per_param": variants[n][1]} for n, t in times.items()]
+    print("| variant | ms | vs SGD step | mask bytes/param |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['ms']:.1f} | {r['ratio']:.2f}x | {r['mask_bytes_per_param']} |")
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"torch": torch.__version__, "threads": args.threads, "rows": rows}, f, indent=2)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

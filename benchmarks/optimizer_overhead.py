@@ -1,0 +1,109 @@
+"""Step-time and memory overhead of SGDSparse against torch.optim.SGD on ResNet-50's parameters.
+
+Measured side by side in one run (the two optimizers' steps alternate, medians reported), on
+torchvision's resnet50 shapes (25.6M parameters) with random gradients, SGD momentum 0.9, foreach.
+
+    python benchmarks/optimizer_overhead.py [--repeats 40] [--threads 2] [--json results.json]
+
+Targets (issue 2): non-prune step <= 1.10x SGD, amortized at frequency=100 <= 1.20x, prune event
+<= 3x one SGD step, extra memory <= 1 byte per parameter.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+import torchvision
+
+import prunekit.torch as pruning
+from prunekit.torch.engine import mask_nbytes
+
+
+def _params(seed):
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet50()
+    named = [(n, p) for n, p in model.named_parameters()]
+    for _, p in named:
+        p.grad = torch.randn_like(p) * 1e-3
+    return model, named
+
+
+def _time(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(repeats, pattern):
+    _, base_named = _params(0)
+    _, named = _params(0)
+    _, ramp_named = _params(0)
+    base = torch.optim.SGD([p for _, p in base_named], lr=0.01, momentum=0.9, foreach=True)
+    target = None if ":" in pattern else 0.9  # N:M fixes its own sparsity
+    sparse = pruning.SGDSparse(named, lr=0.01, momentum=0.9, foreach=True, target_sparsity=target,
+                               pattern=pattern, pretrain_step=0, sparse_step=0)
+    # every step of this one is a prune event in the middle of a ramp: masks tighten a little each time
+    ramping = pruning.SGDSparse(ramp_named, lr=0.01, momentum=0.9, foreach=True, target_sparsity=target,
+                                pattern=pattern, init_sparsity=0.0 if target is None else 0.5,
+                                pretrain_step=0, sparse_step=10_000, frequency=1)
+    sparse.step()  # step 0: the one prune event; every later step is a plain masked step
+    for _ in range(3):
+        base.step()
+        sparse.step()
+        ramping.step()
+    base_times, sparse_times, ramp_times = [], [], []
+    for i in range(repeats):
+        base_times.append(_time(base.step))
+        sparse_times.append(_time(sparse.step))
+        if i % 2 == 0:
+            ramp_times.append(_time(ramping.step))
+    sgd = statistics.median(base_times)
+    step = statistics.median(sparse_times)
+    event = statistics.median(ramp_times) - step
+    n_params = sum(p.numel() for _, p in named)
+    amortized = (99 * step + (step + event)) / 100
+    return {
+        "pattern": repr(sparse.plan.specs[0].pattern),
+        "params": n_params,
+        "sgd_step_ms": sgd * 1e3,
+        "sparse_step_ms": step * 1e3,
+        "step_ratio": step / sgd,
+        "prune_event_ms": event * 1e3,
+        "event_ratio": event / sgd,
+        "amortized_ratio_f100": amortized / sgd,
+        "mask_bytes_per_param": mask_nbytes(sparse.pruning) / n_params,
+        "sparsity": sparse.sparsity()[1],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--patterns", default="unstructured,bank64,2:4,block4x4")
+    parser.add_argument("--json", default="benchmarks/results/optimizer_overhead.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [measure(args.repeats, p) for p in args.patterns.split(",")]
+    header = ("pattern", "SGD step ms", "SGDSparse step ms", "step ratio", "prune event ms", "event / SGD step",
+              "amortized (f=100)", "mask B/param")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print(f"| {r['pattern']} | {r['sgd_step_ms']:.1f} | {r['sparse_step_ms']:.1f} | {r['step_ratio']:.2f}x | "
+              f"{r['prune_event_ms']:.0f} | {r['event_ratio']:.1f}x | {r['amortized_ratio_f100']:.2f}x | "
+              f"{r['mask_bytes_per_param']:.2f} |")
+    meta = {"torch": torch.__version__, "threads": args.threads, "machine": platform.machine(),
+            "processor": platform.processor(), "repeats": args.repeats}
+    import os
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
