@@ -14,10 +14,15 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
   echo "[setup] creating $VENV (PyTorch 2.14.1 from the local wheel cache or PyPI; a few minutes)"
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "^WARNING: Location" || true
-  "$VENV/bin/pip" install -q -e ".[dev,demo]" 2>&1 | grep -v "^WARNING: Location" || true
-  "$VENV/bin/python" -c "import torch, torchvision, prunekit.torch" 
+  log=$(mktemp)
+  if ! { "$VENV/bin/pip" install torch==2.14.1 torchvision==0.29.1 &&
+         "$VENV/bin/pip" install -e ".[dev,demo]" &&
+         "$VENV/bin/python" -c "import torch, torchvision, prunekit.torch"; } >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" | tail -40
+    echo "[setup] installing into $VENV failed (full log: $log)" >&2
+    exit 1
+  fi
+  rm -f "$log"
   echo "$want" > "$STAMP"
 fi
 

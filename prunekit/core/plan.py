@@ -66,9 +66,13 @@ class Plan:
     def __str__(self):
         rows = [("name", "shape", "target", "pattern")]
         rows += [(s.name, "x".join(map(str, s.shape)), f"{s.target:.4f}", s.pattern.describe()) for s in self.specs]
-        rows += [(name, "x".join(map(str, shape)) or "scalar", "dense", reason) for name, shape, reason in self.dense]
+        small = [d for d in self.dense if d[2] == "fewer than 2 dims"]
+        rows += [(name, "x".join(map(str, shape)), "dense", reason) for name, shape, reason in self.dense
+                 if (name, shape, reason) not in small]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        if small:
+            lines.append(f"(+ {len(small)} tensors with fewer than 2 dims, biases and norms, stay dense)")
         total = sum(s.numel for s in self.specs)
         lines.append(f"{len(self.specs)} prunable tensors, {total} elements; {len(self.dense)} dense")
         return "\n".join(lines)

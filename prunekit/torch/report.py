@@ -85,3 +85,31 @@ def macs(model, example_input):
         for h in hooks:
             h.remove()
     return MacsReport(sum(r["dense"] for r in rows), sum(r["effective"] for r in rows), tuple(rows))
+
+
+def checkpoint_report(checkpoint, path=None):
+    """Per-tensor sparsity, sizes and (for a recipe checkpoint) MACs of a loaded checkpoint dict."""
+    import io
+    import os
+    state = checkpoint["model"]
+    rows, zeros, total = [], 0, 0
+    for name, tensor in state.items():
+        if not torch.is_tensor(tensor) or tensor.dim() < 2 or not tensor.is_floating_point():
+            continue
+        z = int((tensor == 0).sum())
+        rows.append({"name": name, "shape": list(tensor.shape), "sparsity": z / tensor.numel()})
+        zeros, total = zeros + z, total + tensor.numel()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    report = {"tensors": rows, "sparsity": zeros / total if total else 0.0, "model_state_bytes": buffer.tell(),
+              "file_bytes": os.path.getsize(path) if path else None, "epoch": checkpoint.get("epoch"),
+              "recipe": checkpoint.get("recipe")}
+    recipe = checkpoint.get("recipe")
+    if recipe:
+        from prunekit.torch.models import build_model
+        model = build_model(recipe["model"])
+        model.load_state_dict(state)
+        size = 8 if recipe["dataset"] == "digits" else 28
+        m = macs(model, torch.zeros(1, 1, size, size))
+        report["macs"] = {"dense": m.dense, "effective": m.effective, "pruning_rate": m.pruning_rate}
+    return report

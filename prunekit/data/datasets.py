@@ -1,0 +1,155 @@
+"""Find and load the data sets prunekit's demo, examples and benchmarks use. numpy only.
+
+``load("fashion-mnist")`` looks, in order, in: a directory the caller gives, ``$PRUNEKIT_DATA``,
+the Debian package directory (``apt-get install dataset-fashion-mnist`` puts the files in
+``/usr/share/datasets/fashion-mnist``), and torchvision's folder layout under ``~/.cache/prunekit``
+or the given root (``<root>/FashionMNIST/raw``). With ``download=True`` and no local copy,
+torchvision downloads it (needs a network). When nothing is found the error lists every place
+searched. scikit-learn's bundled 8x8 digits need no files at all.
+"""
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from prunekit.data.idx import read_idx
+from prunekit.errors import ConfigError
+
+__all__ = ["Dataset", "load", "DATASETS", "DatasetNotFound", "synthetic"]
+
+_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_IDX_SETS = {"mnist": ("mnist", "MNIST"), "fashion-mnist": ("fashion-mnist", "FashionMNIST")}
+DATASETS = ("mnist", "fashion-mnist", "digits", "synthetic")
+DEBIAN_DIR = "/usr/share/datasets"
+CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "prunekit")
+
+
+class DatasetNotFound(ConfigError):
+    """No local copy of a data set was found (and downloading was not allowed or failed)."""
+
+
+@dataclass
+class Dataset:
+    """Images as float32 ``(N, 1, H, W)`` in [0, 1], labels as int64 ``(N,)``, for train and test."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+    classes: int = 10
+
+    def subset(self, train=None, test=None):
+        """The first ``train`` / ``test`` examples (for quick runs)."""
+        return Dataset(self.name, self.x_train[:train], self.y_train[:train], self.x_test[:test],
+                       self.y_test[:test], self.source, self.classes)
+
+
+def _candidates(name, root):
+    debian_name, tv_name = _IDX_SETS[name]
+    places = []
+    for base in (root, os.environ.get("PRUNEKIT_DATA")):
+        if base:
+            places += [base, os.path.join(base, debian_name), os.path.join(base, tv_name, "raw")]
+    places.append(os.path.join(DEBIAN_DIR, debian_name))
+    places.append(os.path.join(CACHE_DIR, tv_name, "raw"))
+    return places
+
+
+def _find_file(directory, stem):
+    for suffix in (".gz", ""):
+        path = os.path.join(directory, stem + suffix)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _load_idx_dir(name, directory):
+    arrays = {}
+    for split, (images, labels) in _FILES.items():
+        paths = [_find_file(directory, images), _find_file(directory, labels)]
+        if None in paths:
+            return None
+        arrays[split] = (read_idx(paths[0]), read_idx(paths[1]))
+    (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
+
+    def images(x):
+        return (x.astype(np.float32) / 255.0)[:, None, :, :]
+    return Dataset(name, images(xtr), ytr.astype(np.int64), images(xte), yte.astype(np.int64), directory)
+
+
+def _download(name, root):
+    try:
+        import torchvision
+    except ImportError as e:
+        raise DatasetNotFound(f"download of {name!r} needs torchvision: {e}") from None
+    cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
+    root = root or CACHE_DIR
+    try:
+        cls(root, train=True, download=True)
+        cls(root, train=False, download=True)
+    except Exception as e:  # network errors come in many types
+        raise DatasetNotFound(f"downloading {name!r} into {root!r} failed: {e}") from None
+    return _load_idx_dir(name, os.path.join(root, _IDX_SETS[name][1], "raw"))
+
+
+def _digits():
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DatasetNotFound("the 'digits' data set needs scikit-learn: pip install scikit-learn") from None
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
+    y = bunch.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(y))  # fixed split: 1437 train, 360 test
+    x, y = x[order], y[order]
+    return Dataset("digits", x[:1437], y[:1437], x[1437:], y[1437:], "scikit-learn (bundled)")
+
+
+def synthetic(n_train=512, n_test=128, size=28, classes=10, seed=0):
+    """A small learnable image set for tests: each class is a noisy bar at its own position."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = rng.integers(0, classes, n)
+        x = rng.normal(0, 0.2, (n, 1, size, size)).astype(np.float32)
+        rows = (y * (size - 2) // max(1, classes - 1)).astype(int)
+        for i, r in enumerate(rows):
+            x[i, 0, r:r + 2, :] += 1.0
+        return np.clip(x, 0, 1), y.astype(np.int64)
+    xtr, ytr = make(n_train)
+    xte, yte = make(n_test)
+    return Dataset("synthetic", xtr, ytr, xte, yte, "generated", classes)
+
+
+def load(name, root=None, download=False):
+    """Load ``mnist``, ``fashion-mnist``, ``digits`` or ``synthetic``.
+
+    Args:
+        name: one of :data:`DATASETS`.
+        root: a directory to look in first (IDX files, possibly in torchvision's layout).
+        download: allow a torchvision download when no local copy exists.
+
+    Raises:
+        DatasetNotFound: with every place searched.
+    """
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
+    if name == "digits":
+        return _digits()
+    if name == "synthetic":
+        return synthetic()
+    places = _candidates(name, root)
+    for place in places:
+        if os.path.isdir(place):
+            found = _load_idx_dir(name, place)
+            if found is not None:
+                return found
+    if download:
+        return _download(name, root)
+    hint = (f"apt-get install dataset-{name}" if name == "fashion-mnist" else "pass download=True (--download)")
+    raise DatasetNotFound(f"{name!r} not found; looked in: {', '.join(places)}. Get it with: {hint}, "
+                          f"or set PRUNEKIT_DATA to a directory holding the IDX files")
