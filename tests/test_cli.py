@@ -61,7 +61,7 @@ def test_train_report_and_resume_is_identical(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", os.path.join(full, "checkpoint.pt")]) == 0
     out = capsys.readouterr().out
-    assert "conv3.weight" in out and "pruning rate" in out
+    assert "conv3.weight" in out and "pruning rate" in out and "with save_sparse" in out
 
 
 def test_resume_with_other_flags_is_refused(tmp_path, capsys):
@@ -76,6 +76,7 @@ def test_demo_with_baseline_prints_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "dense baseline" in out and "pruned" in out and "MACs: dense" in out
     assert os.path.exists(tmp_path / "plot.png") and os.path.exists(tmp_path / "summary.json")
+    assert "compressed" in out and os.path.exists(tmp_path / "model.safetensors")
 
 
 def test_python_dash_m():

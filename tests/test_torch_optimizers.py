@@ -402,3 +402,11 @@ def test_macs_report():
     assert rows["6"]["dense"] == 256 * 32 and rows["6"]["effective"] == 256 * 32 * 0.5
     assert report.dense == sum(r["dense"] for r in report.per_layer)
     assert 0 < report.pruning_rate < 0.5
+
+
+def test_param_group_added_later_warns():
+    model = small_net()
+    opt = pruning.SGDSparse(list(model.parameters())[:4], lr=0.1, param_name=model.named_parameters(),
+                            target_sparsity=0.5)
+    with pytest.warns(UserWarning, match="added after SGDSparse was built is not pruned"):
+        opt.add_param_group({"params": [model[6].weight]})

@@ -167,8 +167,11 @@ def _print_summary(s, out, plot_path):
         print(f"    {name:<24} {value:.4f}")
     print(f"  MACs: dense {s['dense_macs']:,}, effective {s['effective_macs']:,.0f} "
           f"(pruning rate {s['pruning_rate']:.4f}, the seed's 1 - effective/dense)")
-    print(f"  model state_dict: {s['model_state_bytes'] / 1e6:.2f} MB (dense storage; zeros still take space)")
-    print(f"  wrote {os.path.join(out, 'checkpoint.pt')}, {os.path.join(out, 'summary.json')}, {plot_path}")
+    print(f"  model size: {s['model_state_bytes'] / 1e6:.3f} MB as a torch state_dict, "
+          f"{s['sparse_bytes'] / 1e6:.3f} MB compressed ({s['sparse_bytes'] / s['model_state_bytes']:.1%}, "
+          f"prunekit.torch.save_sparse)")
+    print(f"  wrote {os.path.join(out, 'checkpoint.pt')}, {os.path.join(out, 'model.safetensors')}, "
+          f"{os.path.join(out, 'summary.json')}, {plot_path}")
 
 
 def _plan(args):
@@ -190,8 +193,10 @@ def _report(args):
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"checkpoint {args.checkpoint}: {report['file_bytes'] / 1e6:.2f} MB on disk, model "
-          f"state_dict {report['model_state_bytes'] / 1e6:.2f} MB")
+    print(f"checkpoint {args.checkpoint}: {report['file_bytes'] / 1e6:.2f} MB on disk (model and optimizer state)")
+    print(f"model weights: {report['model_state_bytes'] / 1e6:.3f} MB as a torch state_dict, "
+          f"{report['compressed_bytes'] / 1e6:.3f} MB with save_sparse "
+          f"({report['compressed_bytes'] / report['model_state_bytes']:.1%})")
     if report.get("recipe"):
         r = report["recipe"]
         print(f"recipe: {r['model']} on {r['dataset']}, {r['optimizer']}, epoch {report.get('epoch')}")

@@ -9,9 +9,11 @@ The seed wrote ``from optimizers import pytorch_pruning as pruning``; the names 
 
 from prunekit.core.patterns import NM, BankBalanced, Block, Global, Unstructured
 from prunekit.torch.engine import PruningEngine
+from prunekit.torch.inference import sparsify_for_inference
 from prunekit.torch.report import MacsReport, macs
 from prunekit.torch.optimizers import AdamSparse, AdamWSparse, SGDSparse, SparseOptimizerMixin, attach
 from prunekit.torch.prune import Prune
+from prunekit.torch.sparse_io import load_sparse, save_sparse, strip
 
 __all__ = ["SGDSparse", "AdamSparse", "AdamWSparse", "attach", "Prune", "macs", "MacsReport", "PruningEngine",
-           "SparseOptimizerMixin", "Unstructured", "Global", "BankBalanced", "NM", "Block"]
+           "SparseOptimizerMixin", "save_sparse", "load_sparse", "strip", "sparsify_for_inference", "Unstructured", "Global", "BankBalanced", "NM", "Block"]

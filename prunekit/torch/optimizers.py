@@ -13,6 +13,7 @@ gradients of pruned entries are also zeroed before its update.
 
 import difflib
 import inspect
+import warnings
 
 import torch
 
@@ -56,6 +57,13 @@ class SparseOptimizerMixin:
         config = PruneConfig.from_kwargs(**prune_kwargs)
         named, has_names = _names_from(None, param_name, self.param_groups)
         self._prunekit = PruningEngine(named, config, owner=self, optimizer=self, named=has_names)
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        if hasattr(self, "_prunekit"):  # torch's own __init__ adds the first groups
+            warnings.warn(f"prunekit: a param group added after {type(self).__name__} was built is not pruned "
+                          "(its plan is fixed at construction); build the optimizer with every parameter",
+                          stacklevel=2)
 
     def __getstate__(self):
         state = super().__getstate__()

@@ -267,7 +267,9 @@ def _summarize(recipe, runs, opt, history, x_test, out_dir, baseline, data):
         "dense_macs": report.dense, "effective_macs": report.effective, "pruning_rate": report.pruning_rate,
         "per_layer_macs": list(report.per_layer),
         "checkpoint_bytes": os.path.getsize(os.path.join(out_dir, "checkpoint.pt")) if history else None,
-        "model_state_bytes": _state_size(model.state_dict()), "history": history,
+        "model_state_bytes": _state_size(model.state_dict()),
+        "sparse_bytes": pruning.save_sparse(model, os.path.join(out_dir, "model.safetensors"))["bytes"],
+        "history": history,
     }
     if baseline and history:
         summary["dense_final_test_acc"] = history[-1]["dense_acc"]

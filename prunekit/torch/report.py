@@ -101,7 +101,12 @@ def checkpoint_report(checkpoint, path=None):
         zeros, total = zeros + z, total + tensor.numel()
     buffer = io.BytesIO()
     torch.save(state, buffer)
+    import tempfile
+    from prunekit.torch.sparse_io import save_sparse
+    with tempfile.TemporaryDirectory() as tmp:
+        compressed = save_sparse(state, os.path.join(tmp, "model.safetensors"))["bytes"]
     report = {"tensors": rows, "sparsity": zeros / total if total else 0.0, "model_state_bytes": buffer.tell(),
+              "compressed_bytes": compressed,
               "file_bytes": os.path.getsize(path) if path else None, "epoch": checkpoint.get("epoch"),
               "recipe": checkpoint.get("recipe")}
     recipe = checkpoint.get("recipe")

@@ -1,0 +1,181 @@
+"""Compressed sparse checkpoints: files that really shrink, and load back bit for bit.
+
+``save_sparse(model, path)`` writes a safetensors file in which each tensor is stored the smallest of
+three ways: *dense* (its bytes), *bitmask* (one bit per element saying "non-zero", then the non-zero
+values), or *indices* (int32 flat positions of the non-zeros, then their values). "Non-zero" is
+decided on the bit pattern, so ``-0.0`` and NaN are values like any other and the reload is
+bit-identical. Each tensor carries a CRC32 of its dense bytes; the whole file is decoded and checked
+before anything is copied into a model, so a corrupted or truncated file never half-loads one.
+
+At 95% sparsity a bitmask costs 1/32 of the fp32 bytes plus 5% for the values: about 8% of dense.
+Masks for ``restore_sparsity`` are the non-zero pattern, which the file keeps exactly.
+"""
+
+import json
+import zlib
+
+import numpy as np
+import torch
+
+from prunekit.errors import ConfigError
+from prunekit.io.safetensors import FormatError, read_safetensors, write_safetensors
+
+__all__ = ["save_sparse", "load_sparse", "strip", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
+_TORCH = {v: k for k, v in _DTYPES.items()}
+_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_VALUES, _BITMASK, _INDICES = ".__values__", ".__bitmask__", ".__indices__"
+
+
+def _raw(t):
+    """The tensor's bytes (little-endian, C order) without going through dtypes numpy lacks."""
+    t = t.detach().contiguous().cpu()
+    return t.view(_SAME_SIZE_INT[t.element_size()]).numpy().tobytes() if t.dtype != torch.bool else \
+        t.numpy().tobytes()
+
+
+def _from_raw(data, dtype, shape):
+    itype = _SAME_SIZE_INT[torch.empty(0, dtype=dtype).element_size()] if dtype != torch.bool else torch.bool
+    flat = torch.frombuffer(bytearray(data), dtype=itype) if data else torch.empty(0, dtype=itype)
+    return flat.view(dtype).reshape(shape) if dtype != torch.bool else flat.reshape(shape)
+
+
+def _encode(name, t):
+    """Entries and description of one tensor, in whichever encoding is smallest."""
+    t = t.detach().contiguous().cpu()
+    if t.dtype not in _DTYPES:
+        raise ConfigError(f"save_sparse cannot store {name!r} of dtype {t.dtype}; supported: "
+                          f"{', '.join(str(d) for d in _DTYPES)}")
+    dtype, n, e = _DTYPES[t.dtype], t.numel(), t.element_size()
+    desc = {"dtype": dtype, "shape": list(t.shape), "crc32": zlib.crc32(_raw(t))}
+    flat_bits = t.reshape(-1).view(_SAME_SIZE_INT[e]) if t.dtype != torch.bool else t.reshape(-1)
+    nonzero = flat_bits != 0
+    nnz = int(nonzero.sum())
+    sizes = {"dense": n * e, "bitmask": (n + 7) // 8 + nnz * e, "indices": nnz * (4 + e) if n < 2**31 else None}
+    best = min((s, k) for k, s in sizes.items() if s is not None)[1] if t.is_floating_point() else "dense"
+    desc["encoding"] = best
+    if best == "dense":
+        return {name: (dtype, list(t.shape), _raw(t))}, desc
+    values = t.reshape(-1)[nonzero]
+    entries = {name + _VALUES: (dtype, [nnz], _raw(values))}
+    if best == "bitmask":
+        bits = np.packbits(nonzero.numpy(), bitorder="little")
+        entries[name + _BITMASK] = ("U8", [len(bits)], bits.tobytes())
+    else:
+        idx = torch.nonzero(nonzero).reshape(-1).to(torch.int32)
+        entries[name + _INDICES] = ("I32", [nnz], _raw(idx))
+    return entries, desc
+
+
+def save_sparse(model, path):
+    """Write ``model`` (an ``nn.Module`` or a state_dict) to ``path`` as a compressed safetensors file.
+
+    Returns:
+        ``{"bytes": file size, "dense_bytes": size of the raw tensors, "encodings": {name: encoding}}``.
+    """
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    if not isinstance(state, dict):
+        raise ConfigError(f"save_sparse needs an nn.Module or a state_dict; got {type(model).__name__}")
+    entries, described = {}, {}
+    for name, t in state.items():
+        if not torch.is_tensor(t):
+            raise ConfigError(f"save_sparse: state entry {name!r} is a {type(t).__name__}, not a tensor")
+        if name.endswith((_VALUES, _BITMASK, _INDICES)):
+            raise ConfigError(f"save_sparse: the name {name!r} ends with a suffix the format reserves")
+        tensor_entries, described[name] = _encode(name, t)
+        entries.update(tensor_entries)
+    meta = {"format": "prunekit.sparse", "format_version": FORMAT_VERSION, "tensors": described}
+    write_safetensors(path, entries, {"prunekit": json.dumps(meta, separators=(",", ":"))})
+    import os
+    dense = sum(t.numel() * t.element_size() for t in state.values())
+    return {"bytes": os.path.getsize(path), "dense_bytes": dense,
+            "encodings": {k: v["encoding"] for k, v in described.items()}}
+
+
+def _decode(name, desc, entries, where):
+    dtype, shape = _TORCH.get(desc.get("dtype")), tuple(desc.get("shape", ()))
+    if dtype is None:
+        raise FormatError(f"{where!r}: tensor {name!r} has unknown dtype {desc.get('dtype')!r}")
+    n = int(np.prod(shape)) if shape else 1
+    encoding = desc.get("encoding")
+
+    def entry(key, want_dtype):
+        if key not in entries or entries[key][0] != want_dtype:
+            raise FormatError(f"{where!r} is corrupted: entry {key!r} is missing or has the wrong dtype")
+        return entries[key]
+    if encoding == "dense":
+        _, got_shape, data = entry(name, desc["dtype"])
+        t = _from_raw(data, dtype, got_shape)
+    elif encoding in ("bitmask", "indices"):
+        _, (nnz,), values = entry(name + _VALUES, desc["dtype"])
+        flat = torch.zeros(n, dtype=dtype)
+        if encoding == "bitmask":
+            _, _, packed = entry(name + _BITMASK, "U8")
+            nonzero = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=n, bitorder="little").astype(bool)
+            if len(packed) != (n + 7) // 8 or int(nonzero.sum()) != nnz:
+                raise FormatError(f"{where!r} is corrupted: the bitmask of {name!r} does not match its values")
+            flat[torch.from_numpy(nonzero)] = _from_raw(values, dtype, (nnz,))
+        else:
+            _, _, raw_idx = entry(name + _INDICES, "I32")
+            idx = _from_raw(raw_idx, torch.int32, (nnz,)).to(torch.int64)
+            if nnz and (int(idx.min()) < 0 or int(idx.max()) >= n):
+                raise FormatError(f"{where!r} is corrupted: indices of {name!r} fall outside its {n} elements")
+            flat[idx] = _from_raw(values, dtype, (nnz,))
+        t = flat
+    else:
+        raise FormatError(f"{where!r}: tensor {name!r} has unknown encoding {encoding!r}")
+    t = t.reshape(shape)
+    if zlib.crc32(_raw(t)) != desc.get("crc32"):
+        raise FormatError(f"{where!r} is corrupted: tensor {name!r} fails its checksum")
+    return t
+
+
+def load_sparse(path, model=None, map_location="cpu"):
+    """Load a file written by :func:`save_sparse`: the dense state_dict, or ``model`` with it loaded.
+
+    The whole file is decoded and verified first; keys and shapes are checked against ``model``
+    before any weight is copied, so an error never leaves a model half-loaded.
+    """
+    entries, metadata = read_safetensors(path)
+    try:
+        meta = json.loads(metadata["prunekit"])
+    except (KeyError, json.JSONDecodeError):
+        raise FormatError(f"{path!r} is not a prunekit sparse checkpoint (no 'prunekit' metadata)") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise FormatError(f"{path!r} has format version {meta.get('format_version')!r}; this prunekit reads "
+                          f"{FORMAT_VERSION}")
+    state = {name: _decode(name, desc, entries, path).to(map_location) for name, desc in meta["tensors"].items()}
+    if model is None:
+        return state
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        raise ConfigError(f"{path!r} does not fit {type(model).__name__}: missing {missing[:5]}, unexpected "
+                          f"{unexpected[:5]}, shape mismatch {wrong[:5]}")
+    model.load_state_dict(state)
+    return model
+
+
+def strip(checkpoint):
+    """Pruning state removed, for people who only want weights (or a plain torch optimizer).
+
+    Args:
+        checkpoint: an optimizer ``state_dict()`` (its ``"prunekit"`` entry is dropped, so
+            ``torch.optim.SGD.load_state_dict`` takes it), or a ``prunekit train`` checkpoint (its
+            model ``state_dict`` is returned), or a model ``state_dict`` (returned as is).
+    """
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f"strip needs a dict (a state_dict or a checkpoint); got {type(checkpoint).__name__}")
+    if "state" in checkpoint and "param_groups" in checkpoint:
+        state = {k: v for k, v in checkpoint["state"].items() if k != "prunekit"}
+        return {"state": state, "param_groups": checkpoint["param_groups"]}
+    if "model" in checkpoint and isinstance(checkpoint["model"], dict):
+        return dict(checkpoint["model"])
+    if all(torch.is_tensor(v) for v in checkpoint.values()):
+        return dict(checkpoint)
+    raise ConfigError("strip: not an optimizer state_dict, a prunekit checkpoint or a model state_dict")

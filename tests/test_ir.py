@@ -1,0 +1,195 @@
+"""prunekit.ir: the original tool's graphs load and run; sparse models round-trip with their zeros."""
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import prunekit.ir as ir  # noqa: E402
+import prunekit.torch as pruning  # noqa: E402
+
+SAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "ir-samples")
+CLASSIFIER = os.path.join(SAMPLES, "resnet50v1d.json")
+DETECTOR = os.path.join(SAMPLES, "resnet50v1d_centernet.json")
+needs_samples = pytest.mark.skipif(not os.path.exists(CLASSIFIER), reason="../shared/ir-samples not present")
+
+
+def load_sample(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ir.load(path)
+
+
+@needs_samples
+def test_classifier_runs_and_cuts():
+    graph = load_sample(CLASSIFIER)
+    model = ir.to_torch(graph).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+        features = ir.to_torch(graph, outputs=527).eval()
+        assert features(torch.randn(1, 3, 224, 224)).shape == (1, 2048)
+    assert "layers.resnetv1d_conv0.weight" in dict(model.named_parameters())
+
+
+@needs_samples
+def test_detector_has_three_heads():
+    graph = load_sample(DETECTOR)
+    with torch.no_grad():
+        heads = ir.to_torch(graph).eval()(torch.randn(1, 3, 512, 512))
+    assert len(heads) == 3 and all(h.shape[-2:] == (128, 128) for h in heads)
+
+
+@needs_samples
+def test_stride_edit_for_cifar_and_use_as_submodule():
+    graph = load_sample(CLASSIFIER)
+    first_conv = graph.find(op="nn.conv2d")[0]
+    pool = graph.find(op="nn.max_pool2d")[0]
+    assert (first_conv.id, pool.id) == (287, 299)
+    first_conv.attrs["strides"] = [1, 1]
+    pool.attrs["strides"] = [1, 1]
+    backbone = ir.to_torch(graph, outputs=527)
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(2048, 10))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p[torch.rand_like(p) < 0.5] = 0
+    zeros = {n: (p == 0).clone() for n, p in model.named_parameters() if p.dim() >= 2}
+    opt = pruning.SGDSparse(model.named_parameters(), lr=0.01, momentum=0.9, restore_sparsity=True,
+                            fix_sparsity=True)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    for name, p in model.named_parameters():
+        if name in zeros:
+            assert (p[zeros[name]] == 0).all(), name
+
+
+def write(tmp_path, nodes, name="g.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(nodes))
+    return path
+
+
+def tiny_nodes():
+    return [{"node_id": 0, "node_type": "Var", "op_type": "Const", "shape": [1, 2, 4, 4]},
+            {"node_id": 1, "node_type": "Call", "op_type": "nn.conv2d", "inputs": [0, "c_weight"],
+             "attrs": {"strides": [1, 1], "padding": [1, 1, 1, 1], "kernel_size": [3, 3], "W_shape": [3, 2, 3, 3]}},
+            {"node_id": 2, "node_type": "Call", "op_type": "nn.relu", "inputs": [1], "attrs": None}]
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda n: n[2].update(op_type="nn.softmax"), r"node 2: unknown op 'nn.softmax'"),
+    (lambda n: n[2].update(inputs=[7]), r"node 2: input 7 is defined by no node"),
+    (lambda n: n[1].update(inputs=[2, "c_weight"]), r"node 1: input 2 comes later in the graph"),
+    (lambda n: n[2].update(inputs=[2]), r"node 2: input 2 comes later"),
+    (lambda n: n[1]["attrs"].pop("W_shape"), r"node 1 \(nn.conv2d\) lacks attrs \['W_shape'\]"),
+    (lambda n: n.append(dict(n[2])), r"node 2 is defined twice"),
+])
+def test_malformed_graphs_name_the_node(tmp_path, change, message):
+    nodes = tiny_nodes()
+    change(nodes)
+    with pytest.raises(ir.IRError, match=message):
+        ir.load(write(tmp_path, nodes), weights=None)
+
+
+def test_weight_shape_must_match_attrs(tmp_path):
+    np.savez(tmp_path / "w.npz", c_weight=np.zeros((3, 2, 5, 5), np.float32))
+    with pytest.raises(ir.IRError, match=r"node 1: weight 'c_weight' has shape \(3, 2, 5, 5\); its attrs say \(3, 2, 3, 3\)"):
+        ir.load(write(tmp_path, tiny_nodes()), weights=tmp_path / "w.npz")
+
+
+def test_no_pickle_unless_trusted(tmp_path):
+    weights = {"c_weight": np.ones((3, 2, 3, 3), np.float32)}
+    np.save(tmp_path / "dummy.npy", np.zeros(1))
+    np.savez(tmp_path / "pickled.npz", params=np.array(weights, dtype=object))
+    with pytest.raises(ir.IRError, match="holds pickled objects.*trust_pickle=True"):
+        ir.load(write(tmp_path, tiny_nodes()), weights=tmp_path / "pickled.npz")
+    graph = ir.load(write(tmp_path, tiny_nodes()), weights=tmp_path / "pickled.npz", trust_pickle=True)
+    assert np.array_equal(graph.weights["c_weight"], weights["c_weight"])
+
+
+def test_missing_weights_warn_and_initialise(tmp_path):
+    with pytest.warns(UserWarning, match="initialising 1 weights"):
+        graph = ir.load(write(tmp_path, tiny_nodes()))
+    assert graph.weights["c_weight"].shape == (3, 2, 3, 3)
+
+
+def sparse_resnet18():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p[torch.rand_like(p) < 0.8] = 0
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def zeros_of(graph):
+    return {k: int((v == 0).sum()) for k, v in graph.weights.items()}
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_torch_ir_files_torch_round_trip(tmp_path, suffix):
+    model = sparse_resnet18()
+    x = torch.randn(2, 3, 64, 64)
+    graph = ir.from_torch(model, x)
+    ir.save(graph, tmp_path / "m.json", tmp_path / f"m{suffix}")
+    again = ir.load(tmp_path / "m.json", weights=tmp_path / f"m{suffix}")
+    assert zeros_of(again) == zeros_of(graph)
+    rebuilt = ir.to_torch(again).eval()
+    with torch.no_grad():
+        ref, out = model(x), rebuilt(x)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-4
+    ir.save(again, tmp_path / "m2.json", tmp_path / f"m2{suffix}")
+    assert json.loads((tmp_path / "m.json").read_text()) == json.loads((tmp_path / "m2.json").read_text())
+    def matrix_zeros(m):
+        return sum(int((p == 0).sum()) for p in m.parameters() if p.dim() >= 2)
+    assert matrix_zeros(rebuilt) == matrix_zeros(model) > 0, "every exact zero survives torch -> IR -> torch"
+
+
+def test_from_torch_names_what_it_cannot_convert():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GELU())
+    with pytest.raises(ir.IRError, match=r"module '1' \(GELU\) has no IR op"):
+        ir.from_torch(model, torch.randn(1, 3, 8, 8))
+
+
+def test_onnx_round_trip_keeps_outputs_and_zeros(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model = sparse_resnet18()
+    x = torch.randn(2, 3, 64, 64)
+    graph = ir.from_torch(model, x)
+    ir.to_onnx(graph, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.abs(onnx_out - ref).max() / np.abs(ref).max() < 1e-4
+    back = ir.from_onnx(tmp_path / "m.onnx")
+    assert zeros_of(back) == zeros_of(graph)
+    with torch.no_grad():
+        out = ir.to_torch(back).eval()(x).numpy()
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-4
+
+
+@needs_samples
+def test_original_graph_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    graph = load_sample(CLASSIFIER)
+    ir.to_onnx(graph, tmp_path / "r50.onnx")
+    session = ort.InferenceSession(str(tmp_path / "r50.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x})
+    with torch.no_grad():
+        ref = ir.to_torch(graph).eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(onnx_out - ref).max() / np.abs(ref).max() < 1e-4

@@ -1,0 +1,137 @@
+"""Compressed sparse checkpoints: exact reloads, real size savings, clear errors on damaged files."""
+
+import io
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import prunekit.torch as pruning  # noqa: E402
+from prunekit.io.safetensors import FormatError  # noqa: E402
+from torch_helpers import batches, small_net, train  # noqa: E402
+
+
+def sparse_tensor(shape, sparsity, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(shape, generator=g).to(dtype)
+    t[torch.rand(shape, generator=g) < sparsity] = 0
+    return t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.9, 0.99, 1.0])
+def test_reload_is_bit_identical(tmp_path, dtype, sparsity):
+    state = {"w": sparse_tensor((64, 33), sparsity, dtype), "b": sparse_tensor((7,), sparsity, dtype, 1),
+             "steps": torch.tensor(5), "flag": torch.tensor([True, False])}
+    state["w"][0, 0] = -0.0  # a negative zero is a value: it must come back as -0.0
+    state["w"][0, 1] = float("nan")
+    pruning.save_sparse(state, tmp_path / "s.safetensors")
+    back = pruning.load_sparse(tmp_path / "s.safetensors")
+    assert back.keys() == state.keys()
+    for k in state:
+        assert back[k].dtype == state[k].dtype and back[k].shape == state[k].shape
+        a, b = state[k].contiguous(), back[k]
+        if a.is_floating_point():
+            a, b = a.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]), \
+                b.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[b.element_size()])
+        assert torch.equal(a, b), k
+
+
+def test_size_targets(tmp_path):
+    big = {"w": torch.randn(512, 1024)}
+    plain = io.BytesIO()
+    torch.save(big, plain)
+    info = pruning.save_sparse(big, tmp_path / "dense.safetensors")
+    assert info["bytes"] <= plain.tell(), "at 0% the file is no larger than a plain state_dict"
+    w = big["w"].clone()
+    w.view(-1)[torch.randperm(w.numel())[: int(0.95 * w.numel())]] = 0  # exactly 95% zeros
+    info = pruning.save_sparse({"w": w}, tmp_path / "sparse.safetensors")
+    assert info["encodings"]["w"] == "bitmask"
+    assert info["bytes"] <= 0.09 * plain.tell()
+
+
+def test_very_sparse_tensors_use_indices(tmp_path):
+    w = torch.zeros(1000, 100)
+    w[3, 7] = 1.5
+    info = pruning.save_sparse({"w": w}, tmp_path / "x.safetensors")
+    assert info["encodings"]["w"] == "indices"
+    assert torch.equal(pruning.load_sparse(tmp_path / "x.safetensors")["w"], w)
+
+
+def test_readable_by_the_safetensors_package(tmp_path):
+    st = pytest.importorskip("safetensors.torch")
+    w = sparse_tensor((16, 16), 0.0, torch.float32)
+    pruning.save_sparse({"w": w}, tmp_path / "d.safetensors")
+    assert torch.equal(st.load_file(str(tmp_path / "d.safetensors"))["w"], w)
+
+
+def trained_model():
+    model = small_net()
+    opt = pruning.SGDSparse(model.named_parameters(), lr=0.1, momentum=0.9, target_sparsity=0.9, sparse_step=0)
+    train(model, opt, batches(2))
+    return model
+
+
+def damaged_files(path):
+    blob = open(path, "rb").read()
+    yield "truncated", blob[: len(blob) // 2]
+    yield "truncated header", blob[:20]
+    flipped = bytearray(blob)
+    flipped[-5] ^= 0xFF
+    yield "flipped byte", bytes(flipped)
+    yield "empty", b""
+    yield "junk", b"not a checkpoint at all" * 10
+
+
+def test_damaged_files_fail_clearly_and_never_half_load(tmp_path):
+    model = trained_model()
+    path = tmp_path / "m.safetensors"
+    pruning.save_sparse(model, path)
+    target = small_net(seed=5)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    for label, blob in damaged_files(path):
+        bad = tmp_path / f"bad-{label.replace(' ', '-')}"
+        bad.write_bytes(blob)
+        with pytest.raises(FormatError) as info:
+            pruning.load_sparse(bad, target)
+        assert str(bad) in str(info.value), label
+        assert all(torch.equal(before[k], v) for k, v in target.state_dict().items()), label
+
+
+def test_model_round_trip_and_restore_sparsity(tmp_path):
+    model = trained_model()
+    pruning.save_sparse(model, tmp_path / "m.safetensors")
+    fresh = pruning.load_sparse(tmp_path / "m.safetensors", small_net(seed=3))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    opt = pruning.SGDSparse(fresh.named_parameters(), lr=0.1, restore_sparsity=True, fix_sparsity=True)
+    train(fresh, opt, batches(2, seed=4))
+    assert opt.sparsity()[1] == pytest.approx(0.9, abs=0.01)
+
+
+def test_load_into_wrong_model_is_refused_before_copying(tmp_path):
+    pruning.save_sparse({"weight": torch.zeros(3, 3)}, tmp_path / "w.safetensors")
+    target = torch.nn.Linear(4, 3)
+    before = target.weight.clone()
+    with pytest.raises(ValueError, match="does not fit Linear"):
+        pruning.load_sparse(tmp_path / "w.safetensors", target)
+    assert torch.equal(target.weight, before)
+
+
+def test_strip():
+    model = trained_model()
+    opt = pruning.SGDSparse(model.named_parameters(), lr=0.1, momentum=0.9, target_sparsity=0.5)
+    train(model, opt, batches(1))
+    plain = pruning.strip(opt.state_dict())
+    assert "prunekit" not in plain["state"]
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sgd.load_state_dict(plain)
+    assert pruning.strip({"model": model.state_dict(), "optimizers": {}}).keys() == model.state_dict().keys()
+    with pytest.raises(ValueError, match="strip needs a dict"):
+        pruning.strip([1, 2])
+
+
+def test_file_is_written_atomically(tmp_path):
+    path = tmp_path / "a.safetensors"
+    pruning.save_sparse({"w": torch.ones(2)}, path)
+    assert os.listdir(tmp_path) == ["a.safetensors"]
