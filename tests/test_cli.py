@@ -83,3 +83,27 @@ def test_python_dash_m():
     out = subprocess.run([sys.executable, "-m", "prunekit", "plan", "--target-sparsity", "0.5"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "linear1.weight" in out.stdout
+
+
+def test_convert_and_ir_show(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18(num_classes=10)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p[torch.rand_like(p) < 0.5] = 0
+    torch.save(model.state_dict(), tmp_path / "r18.pt")
+    assert main(["convert", str(tmp_path / "r18.pt"), str(tmp_path / "r18.json"), "--arch", "resnet18",
+                 "--num-classes", "10", "--input-shape", "1,3,32,32"]) == 0
+    assert main(["convert", str(tmp_path / "r18.json"), str(tmp_path / "r18.onnx"),
+                 "--weights", str(tmp_path / "r18.safetensors")]) == 0
+    assert main(["convert", str(tmp_path / "r18.onnx"), str(tmp_path / "back.json")]) == 0
+    capsys.readouterr()
+    assert main(["ir", "show", str(tmp_path / "back.json"), "--weights", str(tmp_path / "back.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "nn.conv2d" in out
+    sparsity = float(out.rsplit("sparsity of weight matrices/kernels ", 1)[1].split()[0])
+    assert sparsity == pytest.approx(0.5, abs=0.01), "the zeros survived torch -> IR -> ONNX -> IR"
+    assert main(["convert", str(tmp_path / "r18.pt"), str(tmp_path / "x.json")]) == 2
+    assert "--arch" in capsys.readouterr().err
