@@ -51,6 +51,10 @@ class Pattern:
     def describe(self):
         return repr(self)
 
+    def spec(self):
+        """The short string :func:`parse_pattern` reads back (for configs and command lines)."""
+        raise NotImplementedError(type(self).__name__)
+
     def __eq__(self, other):
         return type(self) is type(other) and vars(self) == vars(other)
 
@@ -64,6 +68,9 @@ class Unstructured(Pattern):
     def __repr__(self):
         return "Unstructured()"
 
+    def spec(self):
+        return "unstructured"
+
 
 class Global(Pattern):
     """One magnitude threshold across every tensor that uses this pattern (their total hits the target).
@@ -75,6 +82,9 @@ class Global(Pattern):
 
     def __repr__(self):
         return "Global()"
+
+    def spec(self):
+        return "global"
 
 
 def _input_axis_problem(pattern, shape, size):
@@ -103,6 +113,9 @@ class BankBalanced(Pattern):
     def __repr__(self):
         return f"BankBalanced(bank_size={self.bank_size})"
 
+    def spec(self):
+        return f"bank{self.bank_size}"
+
     def check(self, shape):
         return _input_axis_problem(self, shape, self.bank_size)
 
@@ -130,6 +143,9 @@ class NM(Pattern):
     def __repr__(self):
         return f"NM({self.n}, {self.m})"
 
+    def spec(self):
+        return f"{self.n}:{self.m}"
+
     def check(self, shape):
         return _input_axis_problem(self, shape, self.m)
 
@@ -149,6 +165,9 @@ class Block(Pattern):
 
     def __repr__(self):
         return f"Block({self.r}, {self.c})"
+
+    def spec(self):
+        return f"block{self.r}x{self.c}"
 
     def check(self, shape):
         if len(shape) < 2:

@@ -13,6 +13,7 @@ from collections import defaultdict
 import torch
 
 from prunekit.core.plan import resolve_plan
+from prunekit.core.pruner import initial_sparsity
 from prunekit.errors import PlanError, PruningRuntimeError
 from prunekit.torch import _select
 
@@ -152,11 +153,7 @@ class PruningEngine:
 
     # -- prune events ------------------------------------------------------------------------------
     def _initial_sparsity(self, names):
-        restored = self.state["restored"]
-        values = [restored.get(n, 0.0) for n in names]
-        sizes = [self._params[n].numel() for n in names]
-        weighted = sum(v * s for v, s in zip(values, sizes)) / max(1, sum(sizes))
-        return max(self.config.init_sparsity, weighted)
+        return initial_sparsity(self.config, self.state["restored"], {n: self._params[n].numel() for n in names})
 
     def _non_finite(self, names):
         return PruningRuntimeError(f"{', '.join(repr(n) for n in names)} holds NaN or inf at step {self.step_count}; "

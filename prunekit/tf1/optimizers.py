@@ -1,0 +1,145 @@
+"""Pruning optimizers for TensorFlow's v1 API (graph mode, ``tf.compat.v1.Session``).
+
+``MomentumOptimizerSparse`` and ``AdamOptimizerSparse`` subclass ``tf.compat.v1.train.MomentumOptimizer``
+and ``AdamOptimizer``; use them as the seed's example did: ``train_op = opt.minimize(loss,
+global_step=global_step)``. Parameter names are the variable names (``conv2d/kernel:0``).
+
+State is graph variables, so ``tf.compat.v1.train.Saver`` checkpoints it: a ``prune_mask`` slot per
+pruned kernel, and two non-trainable variables (whether masks exist; the sparsity each tensor was
+restored with). Prune events are graph ops driven by the global step (or by an internal step counter
+when no ``global_step`` is passed): ``tf.cond`` on the step runs a ``tf.numpy_function`` that returns
+the reference masks of :class:`prunekit.core.pruner.HostPruner`, then zeroes pruned weights and their
+slots; after the base update every pruned kernel is multiplied by its mask.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from prunekit.core.config import PRUNE_ARGUMENTS, PruneConfig
+from prunekit.core.plan import resolve_plan
+from prunekit.core.pruner import HostPruner
+
+__all__ = ["MomentumOptimizerSparse", "AdamOptimizerSparse"]
+
+v1 = tf.compat.v1
+
+
+def canonical_perm(ndim):
+    """Axes that move a TF kernel (``(in, out)``, ``(kh, kw, in, out)``) into ``(out, in, *spatial)``."""
+    if ndim <= 1:
+        return tuple(range(ndim))
+    return (ndim - 1, ndim - 2) + tuple(range(ndim - 2))
+
+
+class _SparseMixin:
+    _prune_slots = ()
+
+    def __init__(self, *args, **kwargs):
+        prune_kwargs, base_kwargs = PruneConfig.split_kwargs(kwargs)
+        self._prune_config = PruneConfig.from_kwargs(**prune_kwargs)
+        super().__init__(*args, **base_kwargs)
+        self.plan = None
+
+    def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+        grads_and_vars = [(g, v) for g, v in grads_and_vars if g is not None]
+        config = self._prune_config
+        named = [(v.name, v) for _, v in grads_and_vars]
+        shapes = [(n, tuple(np.array(v.shape.as_list())[list(canonical_perm(v.shape.ndims))])) for n, v in named]
+        self.plan = resolve_plan(shapes, config)
+        if config.is_noop or not len(self.plan):
+            return super().apply_gradients(grads_and_vars, global_step=global_step, name=name)
+        by_name = dict(named)
+        self._pruned = [(spec.name, by_name[spec.name]) for spec in self.plan]
+        self._host = HostPruner(self.plan, config)
+        with v1.variable_scope("prunekit", reuse=v1.AUTO_REUSE):
+            self._masks = [self._get_or_make_slot_with_initializer(v, v1.ones_initializer(), v.shape, v.dtype.base_dtype,
+                                                                   "prune_mask", self._name) for _, v in self._pruned]
+            self._have_masks = v1.get_variable("have_masks", initializer=0, trainable=False, dtype=tf.int32)
+            self._restored = v1.get_variable("restored", initializer=np.zeros(len(self._pruned), np.float32),
+                                             trainable=False)
+            counter = None
+            if global_step is None:
+                counter = v1.get_variable("step", initializer=np.int64(0), trainable=False, dtype=tf.int64)
+        step = tf.cast(global_step if global_step is not None else counter, tf.int64)
+        # the event rewrites weights: it must run after the gradients have read them (as in torch)
+        with tf.control_dependencies([g for g, _ in grads_and_vars]):
+            before = self._before_update(step)
+        with tf.control_dependencies([before]):
+            update = super().apply_gradients(grads_and_vars, global_step=global_step, name=name)
+        with tf.control_dependencies([update]):
+            masked = [v.assign(v * m) for (_, v), m in zip(self._pruned, self._masks)]
+            if counter is not None:
+                masked.append(counter.assign_add(1))
+        return tf.group(update, *masked)
+
+    def _before_update(self, step):
+        config = self._prune_config
+        ops = []
+        if config.restore_sparsity:
+            first = tf.logical_and(tf.equal(self._have_masks, 0), tf.equal(step, 0))
+            ops.append(tf.cond(first, self._restore, lambda: tf.constant(0)))
+        with tf.control_dependencies(ops):
+            due = tf.reduce_any(tf.equal(tf.constant(config.schedule.events(), tf.int64), step))
+            if config.fix_sparsity:
+                due = tf.logical_and(due, tf.equal(self._have_masks.read_value(), 0))
+            return tf.cond(due, lambda: self._event(step), lambda: tf.constant(0))
+
+    def _restore(self):
+        assigns, restored = [], []
+        for (_, v), m in zip(self._pruned, self._masks):
+            kept = tf.cast(tf.not_equal(v, 0), m.dtype)
+            assigns.append(m.assign(kept))
+            restored.append(1.0 - tf.reduce_mean(tf.cast(kept, tf.float32)))
+        assigns.append(self._restored.assign(tf.stack(restored)))
+        assigns.append(self._have_masks.assign(1))
+        with tf.control_dependencies(assigns):
+            return tf.constant(0)
+
+    def _host_masks(self, step, restored, *arrays):
+        n = len(self._pruned)
+        weights = {name: a for (name, _), a in zip(self._pruned, arrays[:n])}
+        priors = {name: a > 0 for (name, _), a in zip(self._pruned, arrays[n:])}
+        rest = {name: float(r) for (name, _), r in zip(self._pruned, restored)}
+        masks = self._host.masks(int(step), weights, priors, rest)
+        return [masks[name] for name, _ in self._pruned]
+
+    def _event(self, step):
+        perms = [canonical_perm(v.shape.ndims) for _, v in self._pruned]
+        inputs = [tf.transpose(v, p) for (_, v), p in zip(self._pruned, perms)]
+        inputs += [tf.transpose(m, p) for m, p in zip(self._masks, perms)]
+        masks = tf.numpy_function(self._host_masks, [step, self._restored] + inputs,
+                                  [tf.bool] * len(self._pruned), stateful=True)
+        assigns = []
+        for (_, v), m_var, mask, perm in zip(self._pruned, self._masks, masks, perms):
+            kept = tf.cast(tf.transpose(tf.ensure_shape(mask, [v.shape[i] for i in perm]), np.argsort(perm)), v.dtype)
+            assigns += [m_var.assign(kept), v.assign(v * kept)]
+            for slot_name in self._prune_slots:
+                slot = self.get_slot(v, slot_name)
+                if slot is not None:
+                    assigns.append(slot.assign(slot * kept))
+        assigns.append(self._have_masks.assign(1))
+        with tf.control_dependencies(assigns):
+            return tf.constant(0)
+
+    def sparsity(self, session):
+        """``(per_tensor, total)`` of the pruned kernels, read with ``session``."""
+        values = session.run([v for _, v in self._pruned])
+        per = {name: float((w == 0).mean()) for (name, _), w in zip(self._pruned, values)}
+        zeros = sum(int((w == 0).sum()) for w in values)
+        total = sum(w.size for w in values)
+        return per, (zeros / total if total else 0.0)
+
+
+def _doc(base):
+    return (f"``tf.compat.v1.train.{base}`` that prunes on a schedule (graph mode). Every ``{base}`` argument "
+            f"keeps its name; the pruning arguments: {', '.join(PRUNE_ARGUMENTS)}.")
+
+
+class MomentumOptimizerSparse(_SparseMixin, v1.train.MomentumOptimizer):
+    __doc__ = _doc("MomentumOptimizer")
+    _prune_slots = ("momentum",)
+
+
+class AdamOptimizerSparse(_SparseMixin, v1.train.AdamOptimizer):
+    __doc__ = _doc("AdamOptimizer")
+    _prune_slots = ("m", "v")
