@@ -3,5 +3,5 @@
 # Extra arguments go to `prunekit demo` (see `prunekit demo --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh demo
 exec .venv/bin/prunekit demo "$@"

@@ -1,29 +1,54 @@
 #!/usr/bin/env bash
-# Set up everything prunekit's demo and tests need, on a fresh machine or an existing checkout:
-# a virtual environment in .venv (PyTorch 2.14.1, test tools, prunekit itself, editable) and the
-# Debian Fashion-MNIST package when apt is usable. Re-running is cheap: the venv is rebuilt only
-# when this script or pyproject.toml changes.
+# Set up what prunekit's demo and tests need, on a fresh machine or an existing checkout:
+#   .venv         PyTorch 2.14.1 and prunekit (editable); with the tests' level also TensorFlow 2.21,
+#                 Keras 3, ONNX and the test tools
+#   .venv-mxnet   (tests' level) MXNet 1.9.1, which needs numpy<1.24; prunekit reaches it via PYTHONPATH
+#   the Debian package dataset-fashion-mnist, when apt is usable
+# Usage: bash scripts/setup.sh [demo|all]   (default all). Re-running is cheap: environments are rebuilt
+# only when this script or pyproject.toml changes, and the demo level is topped up to all in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+LEVEL=${1:-all}
 PY=${PYTHON:-python3}
 VENV=.venv
-STAMP="$VENV/.prunekit-setup"
+MXVENV=.venv-mxnet
 want=$(cat scripts/setup.sh pyproject.toml | sha256sum | cut -d' ' -f1)
 
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
-  echo "[setup] creating $VENV (PyTorch 2.14.1 from the local wheel cache or PyPI; a few minutes)"
-  rm -rf "$VENV"
-  "$PY" -m venv "$VENV"
+quietly() {  # run a command, showing its output only when it fails
+  local log
   log=$(mktemp)
-  if ! { "$VENV/bin/pip" install torch==2.14.1 torchvision==0.29.1 &&
-         "$VENV/bin/pip" install -e ".[dev,demo]" &&
-         "$VENV/bin/python" -c "import torch, torchvision, prunekit.torch"; } >"$log" 2>&1; then
+  if ! "$@" >"$log" 2>&1; then
     grep -v "^WARNING: Location" "$log" | tail -40
-    echo "[setup] installing into $VENV failed (full log: $log)" >&2
+    echo "[setup] failed: $* (full log: $log)" >&2
     exit 1
   fi
   rm -f "$log"
-  echo "$want" > "$STAMP"
+}
+
+have=$(cat "$VENV/.prunekit-setup" 2>/dev/null || true)
+if [ ! -x "$VENV/bin/python" ] || [ "${have%% *}" != "$want" ]; then
+  echo "[setup] creating $VENV (PyTorch 2.14.1 from the local wheel cache or PyPI)"
+  rm -rf "$VENV"
+  "$PY" -m venv "$VENV"
+  quietly "$VENV/bin/pip" install torch==2.14.1 torchvision==0.29.1
+  quietly "$VENV/bin/pip" install -e ".[demo]"
+  quietly "$VENV/bin/python" -c "import torch, torchvision, prunekit.torch"
+  have="$want demo"
+  echo "$have" > "$VENV/.prunekit-setup"
+fi
+if [ "$LEVEL" = all ] && [ "${have#* }" != all ]; then
+  echo "[setup] adding the test tools, TensorFlow 2.21 and Keras 3 to $VENV"
+  quietly "$VENV/bin/pip" install -e ".[dev,demo]"
+  echo "$want all" > "$VENV/.prunekit-setup"
+fi
+
+if [ "$LEVEL" = all ] && { [ ! -x "$MXVENV/bin/python" ] || [ "$(cat "$MXVENV/.prunekit-setup" 2>/dev/null)" != "$want" ]; }; then
+  echo "[setup] creating $MXVENV (MXNet 1.9.1 with numpy<1.24)"
+  rm -rf "$MXVENV"
+  "$PY" -m venv "$MXVENV"
+  quietly "$MXVENV/bin/pip" install "numpy<1.24" mxnet==1.9.1
+  quietly "$MXVENV/bin/python" -c "import mxnet"
+  echo "$want" > "$MXVENV/.prunekit-setup"
 fi
 
 # Fashion-MNIST from Debian (the demo falls back to scikit-learn's digits when it cannot be had).
