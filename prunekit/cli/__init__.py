@@ -4,7 +4,7 @@
     prunekit train [flags]            any recipe: dataset, model, optimizer, pattern, every pruning argument
     prunekit plan [flags]             which parameters get which target and pattern, before training
     prunekit report CHECKPOINT        per-layer sparsity, dense/effective MACs, sizes
-    prunekit convert SRC DST          IR (.json) <-> ONNX (.onnx), torch (.pt + --arch) -> IR/ONNX
+    prunekit convert SRC DST          IR (.json) <-> ONNX (.onnx); torch (.pt + --arch) -> IR/ONNX; -> Keras (.keras)
     prunekit ir show FILE             nodes, ops, parameters and sparsity of an IR graph
 
 User errors print one line and exit with status 2; ``--debug`` shows the traceback.
@@ -101,7 +101,7 @@ def build_parser():
     _add_pruning_flags(plan, 0.9)
     convert = sub.add_parser("convert", help="convert models between the IR (.json), ONNX (.onnx) and torch (.pt)")
     convert.add_argument("src", help=".json (IR), .onnx, or .pt (a torch state_dict of --arch)")
-    convert.add_argument("dst", help=".json (IR; weights written beside it), .onnx")
+    convert.add_argument("dst", help=".json (IR; weights written beside it), .onnx, .keras (Keras 3)")
     convert.add_argument("--weights", default=None, help="weights of an IR source (.npz or .safetensors)")
     convert.add_argument("--out-weights", default=None, help="weights file of an IR destination "
                          "(default: DST with .safetensors)")
@@ -263,8 +263,11 @@ def _convert(args):
         weights = args.out_weights or os.path.splitext(args.dst)[0] + ".safetensors"
         ir.save(graph, args.dst, weights)
         print(f"wrote {args.dst} and {weights}")
+    elif args.dst.endswith(".keras"):
+        ir.to_keras(graph).save(args.dst)
+        print(f"wrote {args.dst}")
     else:
-        raise ValueError(f"cannot write {args.dst!r}: the destination must end with .json or .onnx")
+        raise ValueError(f"cannot write {args.dst!r}: the destination must end with .json, .onnx or .keras")
 
 
 def _ir_show(args):
