@@ -20,13 +20,13 @@ from prunekit.errors import PrunekitError
 __all__ = ["main", "build_parser"]
 
 
-def _float_list(text):
+def _comma_list(text):
     return [t for t in text.split(",") if t]
 
 
 def _special(text):
     result = {}
-    for item in _float_list(text):
+    for item in _comma_list(text):
         if "=" not in item:
             raise argparse.ArgumentTypeError(f"expected NAME=SPARSITY pairs separated by commas; got {item!r}")
         name, value = item.split("=", 1)
@@ -46,7 +46,7 @@ def _add_pruning_flags(p, target_default):
     g.add_argument("--sparse-step", type=int, default=None, help="default: ramp epochs x steps per epoch")
     g.add_argument("--frequency", type=float, default=None, help="default: steps per epoch / 5")
     g.add_argument("--init-sparsity", type=float, default=0.0)
-    g.add_argument("--keywords-no-sparse", type=_float_list, default=None,
+    g.add_argument("--keywords-no-sparse", type=_comma_list, default=None,
                    help="comma-separated substrings; default for seed-cnn: bias,beta,gamma,conv1.")
     g.add_argument("--special-sparsity-dict", type=_special, default=None, metavar="NAME=S,...")
     g.add_argument("--pattern", default="unstructured", help="unstructured, global, bank<B>, <N>:<M>, block<R>x<C>")

@@ -12,8 +12,16 @@ from dataclasses import dataclass
 from prunekit.core import _validate
 from prunekit.errors import ConfigError
 
-__all__ = ["Layout", "Pattern", "Unstructured", "Global", "BankBalanced", "NM", "Block",
+__all__ = ["channels_last_kernel_perm", "Layout", "Pattern", "Unstructured", "Global", "BankBalanced", "NM", "Block",
            "from_sparse_block", "parse_pattern"]
+
+
+def channels_last_kernel_perm(ndim):
+    """Axes moving a kernel stored ``(..., in, out)`` (Keras, TF: ``(in, out)``, ``(kh, kw, in, out)``) into
+    the canonical ``(out, in, *spatial)``."""
+    if ndim <= 1:
+        return tuple(range(ndim))
+    return (ndim - 1, ndim - 2) + tuple(range(ndim - 2))
 
 
 @dataclass(frozen=True)

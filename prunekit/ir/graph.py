@@ -24,6 +24,20 @@ class IRError(ConfigError):
     """A graph or weights file that cannot be used, with the node id at fault."""
 
 
+def pair(value):
+    """An attr given as one number or two, as ``(h, w)``."""
+    v = [int(x) for x in (value if isinstance(value, (list, tuple)) else [value])]
+    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+
+
+def pads(value):
+    """TVM padding: 1, 2 ``(h, w)`` or 4 ``(top, left, bottom, right)`` numbers -> ``(top, left, bottom, right)``."""
+    v = [int(x) for x in (value if isinstance(value, (list, tuple)) else [value])]
+    if len(v) == 1:
+        v = v * 2
+    return (v[0], v[1], v[0], v[1]) if len(v) == 2 else tuple(v[:4])
+
+
 def _ints(value, n=None):
     values = [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
     return values * n if n and len(values) == 1 else values

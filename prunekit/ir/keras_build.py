@@ -16,6 +16,8 @@ import numpy as np
 from keras import layers, ops
 
 from prunekit.ir.graph import IRError
+from prunekit.ir.graph import pads as _pads
+from prunekit.ir.graph import pair as _pair
 
 __all__ = ["to_keras"]
 
@@ -51,18 +53,6 @@ class PadConstant(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "pads": self.pads, "value": self.value}
-
-
-def _pair(v):
-    v = [int(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
-    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
-
-
-def _pads(v):
-    v = [int(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
-    if len(v) == 1:
-        v = v * 2
-    return (v[0], v[1], v[0], v[1]) if len(v) == 2 else tuple(v)
 
 
 def _name(weight_name):

@@ -6,7 +6,7 @@ exact zero of a sparse model stays an exact zero). Opset 17. The batch dimension
 
 import numpy as np
 
-from prunekit.ir.graph import Graph, IRError, Node
+from prunekit.ir.graph import Graph, IRError, Node, pads, pair
 
 __all__ = ["to_onnx", "from_onnx", "OPSET"]
 
@@ -21,16 +21,13 @@ def _onnx():
         raise IRError("ONNX export/import needs the onnx package: pip install onnx onnxruntime") from None
 
 
-def _pads(value):
-    v = [int(x) for x in (value if isinstance(value, (list, tuple)) else [value])]
-    if len(v) == 1:
-        v = v * 2
-    return v + v if len(v) == 2 else [v[0], v[1], v[2], v[3]]
-
-
 def _pair(value):
-    v = [int(x) for x in (value if isinstance(value, (list, tuple)) else [value])]
-    return v * 2 if len(v) == 1 else v
+    return list(pair(value))
+
+
+def _pads(value):
+    top, left, bottom, right = pads(value)
+    return [top, left, bottom, right]
 
 
 def to_onnx(graph, path, inputs=None, outputs=None):

@@ -16,23 +16,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from prunekit.ir.graph import IRError
+from prunekit.ir.graph import pads as _pads
+from prunekit.ir.graph import pair as _pair
 
 __all__ = ["to_torch", "IRModule"]
-
-
-def _pair(value):
-    v = [int(x) for x in (value if isinstance(value, (list, tuple)) else [value])]
-    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
-
-
-def _pads(value):
-    """TVM padding: 1, 2 (h, w) or 4 (top, left, bottom, right) numbers -> (top, left, bottom, right)."""
-    v = [int(x) for x in (value if isinstance(value, (list, tuple)) else [value])]
-    if len(v) == 1:
-        return (v[0],) * 4
-    if len(v) == 2:
-        return (v[0], v[1], v[0], v[1])
-    return tuple(v)
 
 
 def _tensor(array):

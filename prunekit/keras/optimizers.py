@@ -22,18 +22,12 @@ import numpy as np
 from keras import ops
 
 from prunekit.core.config import PRUNE_ARGUMENTS, PruneConfig
+from prunekit.core.patterns import channels_last_kernel_perm as canonical_perm
 from prunekit.core.plan import resolve_plan
 from prunekit.core.pruner import HostPruner
 from prunekit.errors import ConfigError
 
 __all__ = ["SGDSparse", "AdamSparse", "canonical_perm", "keras_name"]
-
-
-def canonical_perm(ndim):
-    """Axes that move a Keras kernel into the canonical ``(out, in, *spatial)`` layout."""
-    if ndim <= 1:
-        return tuple(range(ndim))
-    return (ndim - 1, ndim - 2) + tuple(range(ndim - 2))
 
 
 def _inverse(perm):

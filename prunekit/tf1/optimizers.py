@@ -16,19 +16,13 @@ import numpy as np
 import tensorflow as tf
 
 from prunekit.core.config import PRUNE_ARGUMENTS, PruneConfig
+from prunekit.core.patterns import channels_last_kernel_perm as canonical_perm
 from prunekit.core.plan import resolve_plan
 from prunekit.core.pruner import HostPruner
 
 __all__ = ["MomentumOptimizerSparse", "AdamOptimizerSparse"]
 
 v1 = tf.compat.v1
-
-
-def canonical_perm(ndim):
-    """Axes that move a TF kernel (``(in, out)``, ``(kh, kw, in, out)``) into ``(out, in, *spatial)``."""
-    if ndim <= 1:
-        return tuple(range(ndim))
-    return (ndim - 1, ndim - 2) + tuple(range(ndim - 2))
 
 
 class _SparseMixin:

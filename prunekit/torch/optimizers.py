@@ -24,7 +24,7 @@ from prunekit.torch.engine import PruningEngine
 __all__ = ["SGDSparse", "AdamSparse", "AdamWSparse", "attach", "SparseOptimizerMixin"]
 
 
-def _names_from(params, param_name, param_groups):
+def _names_from(param_name, param_groups):
     """Parameter names, by identity, from ``param_name`` or torch's own named-parameter groups."""
     by_id = {}
     if param_name is not None:
@@ -55,7 +55,7 @@ class SparseOptimizerMixin:
 
     def _prunekit_setup(self, param_name, prune_kwargs):
         config = PruneConfig.from_kwargs(**prune_kwargs)
-        named, has_names = _names_from(None, param_name, self.param_groups)
+        named, has_names = _names_from(param_name, self.param_groups)
         self._prunekit = PruningEngine(named, config, owner=self, optimizer=self, named=has_names)
 
     def add_param_group(self, param_group):
