@@ -17,11 +17,27 @@ import torch
 import torchvision
 
 
+def _compiled_variant(params, grads, bufs, masks):
+    """torch's own functional SGD and the mask multiply compiled into one graph (inductor fuses them)."""
+    from torch.optim.sgd import sgd
+
+    @torch.compile(dynamic=False)
+    def step(ps, gs, bs, ms):
+        sgd(ps, gs, bs, weight_decay=0.0, momentum=0.9, lr=0.01, dampening=0.0, nesterov=False, maximize=False,
+            foreach=True)
+        torch._foreach_mul_(ps, ms)
+    start = time.perf_counter()
+    step(params, grads, bufs, masks)
+    print(f"compiled the fused step in {time.perf_counter() - start:.1f} s")
+    return lambda: step(params, grads, bufs, masks)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default="benchmarks/results/mask_kernels.json")
+    parser.add_argument("--compiled", action="store_true", help="add the torch.compile variant (compiles ~20 s)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -43,6 +59,7 @@ def main():
         torch._foreach_add_(bufs, grads)
         torch._foreach_addcmul_(params, bufs, float_masks, value=-0.01)
 
+    compiled = _compiled_variant(params, grads, bufs, bool_masks) if args.compiled else None
     variants = {
         "SGD step alone": (sgd, 0),
         "+ params *= bool mask (foreach)": (lambda: (sgd(), torch._foreach_mul_(params, bool_masks)), 1),
@@ -51,6 +68,8 @@ def main():
         "+ grads *= float mask, then step": (lambda: (torch._foreach_mul_(grads, float_masks), sgd()), 4),
         "own update, float mask fused (addcmul)": (fused_float, 4),
     }
+    if compiled is not None:
+        variants["torch.compile(functional SGD + bool mask)"] = (compiled, 1)
     times = {name: [] for name in variants}
     for _ in range(3):
         for fn, _ in variants.values():
