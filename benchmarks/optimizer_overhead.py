@@ -37,18 +37,18 @@ def _time(fn):
     return time.perf_counter() - start
 
 
-def measure(repeats, pattern):
+def measure(repeats, pattern, compile_step=False):
     _, base_named = _params(0)
     _, named = _params(0)
     _, ramp_named = _params(0)
     base = torch.optim.SGD([p for _, p in base_named], lr=0.01, momentum=0.9, foreach=True)
     target = None if ":" in pattern else 0.9  # N:M fixes its own sparsity
     sparse = pruning.SGDSparse(named, lr=0.01, momentum=0.9, foreach=True, target_sparsity=target,
-                               pattern=pattern, pretrain_step=0, sparse_step=0)
+                               pattern=pattern, pretrain_step=0, sparse_step=0, compile_step=compile_step)
     # every step of this one is a prune event in the middle of a ramp: masks tighten a little each time
     ramping = pruning.SGDSparse(ramp_named, lr=0.01, momentum=0.9, foreach=True, target_sparsity=target,
                                 pattern=pattern, init_sparsity=0.0 if target is None else 0.5,
-                                pretrain_step=0, sparse_step=10_000, frequency=1)
+                                pretrain_step=0, sparse_step=10_000, frequency=1, compile_step=compile_step)
     sparse.step()  # step 0: the one prune event; every later step is a plain masked step
     for _ in range(3):
         base.step()
@@ -66,7 +66,7 @@ def measure(repeats, pattern):
     n_params = sum(p.numel() for _, p in named)
     amortized = (99 * step + (step + event)) / 100
     return {
-        "pattern": repr(sparse.plan.specs[0].pattern),
+        "pattern": repr(sparse.plan.specs[0].pattern) + (" compile_step" if compile_step else ""),
         "params": n_params,
         "sgd_step_ms": sgd * 1e3,
         "sparse_step_ms": step * 1e3,
@@ -84,10 +84,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--patterns", default="unstructured,bank64,2:4,block4x4")
+    parser.add_argument("--compiled", action="store_true", help="also measure compile_step=True (unstructured)")
     parser.add_argument("--json", default="benchmarks/results/optimizer_overhead.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [measure(args.repeats, p) for p in args.patterns.split(",")]
+    if args.compiled:
+        rows.append(measure(args.repeats, "unstructured", compile_step=True))
     header = ("pattern", "SGD step ms", "SGDSparse step ms", "step ratio", "prune event ms", "event / SGD step",
               "amortized (f=100)", "mask B/param")
     print("| " + " | ".join(header) + " |")

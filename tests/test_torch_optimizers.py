@@ -410,3 +410,25 @@ def test_param_group_added_later_warns():
                             target_sparsity=0.5)
     with pytest.warns(UserWarning, match="added after SGDSparse was built is not pruned"):
         opt.add_param_group({"params": [model[6].weight]})
+
+
+@pytest.mark.parametrize("kwargs", [dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=1e-3),
+                                    dict(momentum=0.5, dampening=0.1, maximize=True)])
+def test_compiled_step_matches_eager(kwargs):
+    pytest.importorskip("torch._inductor")
+    prune = dict(target_sparsity=0.8, pretrain_step=1, sparse_step=4, frequency=2, pattern="bank4")
+    a, b = small_net(), small_net()
+    eager = pruning.SGDSparse(a.named_parameters(), lr=0.05, **prune, **kwargs)
+    fused = pruning.SGDSparse(b.named_parameters(), lr=0.05, compile_step=True, **prune, **kwargs)
+    sa = torch.optim.lr_scheduler.StepLR(eager, 3, gamma=0.5)
+    sb = torch.optim.lr_scheduler.StepLR(fused, 3, gamma=0.5)
+    for data in batches(9):
+        train(a, eager, [data])
+        train(b, fused, [data])
+        sa.step()
+        sb.step()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p == 0, q == 0), name
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-7), name
+    assert fused.pruning.step_count == 9 and fused.sparsity()[1] == pytest.approx(0.75, abs=1e-6)
+    assert fused._prunekit_compiled.fused_steps >= 7, "the compiled path ran (eager only before masks/buffers exist)"

@@ -139,10 +139,16 @@ class PruningEngine:
                 zero_pruned_(*zip(*pairs))
 
     @torch.no_grad()
-    def after_update(self):
-        """Pruned entries back to exactly 0.0, then count the step."""
-        self.apply_masks()
+    def after_update(self, masked=False):
+        """Pruned entries back to exactly 0.0 (unless the update did it already), then count the step."""
+        if not masked:
+            self.apply_masks()
         self._set_state(step=self.step_count + 1)
+
+    def masks_by_param(self):
+        """``{parameter: mask}`` for the tensors that have masks."""
+        masks = self.masks
+        return {p: masks[s.name] for s, p in self._specs if s.name in masks}
 
     @torch.no_grad()
     def apply_masks(self):
