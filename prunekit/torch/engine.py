@@ -13,7 +13,7 @@ from collections import defaultdict
 import torch
 
 from prunekit.core.plan import resolve_plan
-from prunekit.core.pruner import initial_sparsity
+from prunekit.core.pruner import HostPruner
 from prunekit.errors import PlanError, PruningRuntimeError
 from prunekit.torch import _select
 
@@ -67,6 +67,9 @@ class PruningEngine:
         self._optimizer = optimizer
         self.plan = resolve_plan([(n, tuple(p.shape)) for n, p in named_params], config, named=named)
         self._specs = [(spec, self._params[spec.name]) for spec in self.plan]
+        # the core's decisions (which steps are events, which sparsity each aims at); the masks
+        # themselves are computed here, on the parameters' devices
+        self._decide = HostPruner(self.plan, config)
 
     # -- state -------------------------------------------------------------------------------------
     @property
@@ -113,9 +116,7 @@ class PruningEngine:
         return not self.config.is_noop and len(self._specs) > 0
 
     def _event_due(self):
-        if self.config.fix_sparsity and self.masks:
-            return False
-        return self.schedule.is_event(self.step_count)
+        return self._decide.is_event(self.step_count, bool(self.masks))
 
     @torch.no_grad()
     def before_update(self):
@@ -158,9 +159,6 @@ class PruningEngine:
             zero_pruned_(*zip(*pairs))
 
     # -- prune events ------------------------------------------------------------------------------
-    def _initial_sparsity(self, names):
-        return initial_sparsity(self.config, self.state["restored"], {n: self._params[n].numel() for n in names})
-
     def _non_finite(self, names):
         return PruningRuntimeError(f"{', '.join(repr(n) for n in names)} holds NaN or inf at step {self.step_count}; "
                                    "masks cannot be ranked (lower the learning rate or clip gradients)")
@@ -174,14 +172,14 @@ class PruningEngine:
         for spec, p in self._specs:
             if spec.pattern.is_global:
                 continue
-            sparsity = self.schedule.sparsity_at(step, self._initial_sparsity([spec.name]), spec.target)
+            sparsity = self._decide.sparsity_at(step, [spec.name], self.state["restored"])
             try:
                 new[spec.name] = _select.tensor_mask(p, sparsity, spec.pattern, old.get(spec.name))
             except _select.NonFiniteWeights:
                 raise self._non_finite([spec.name]) from None
         if global_specs:
             names = [s.name for s, _ in global_specs]
-            sparsity = self.schedule.sparsity_at(step, self._initial_sparsity(names), global_specs[0][0].target)
+            sparsity = self._decide.sparsity_at(step, names, self.state["restored"])
             priors = [old[n] for n in names] if all(n in old for n in names) else None
             try:
                 masks = _select.global_masks([p for _, p in global_specs], sparsity, priors)
@@ -230,16 +228,6 @@ class PruningEngine:
             zeros, total = zeros + z, total + p.numel()
         return per, (zeros / total if total else 0.0)
 
-    def target_now(self):
-        """The sparsity the schedule aims at for the current step, per tensor."""
-        step = self.step_count
-        out = {}
-        for spec, _ in self._specs:
-            if step < self.schedule.pretrain_step:
-                out[spec.name] = 0.0
-            else:
-                out[spec.name] = self.schedule.sparsity_at(step, self._initial_sparsity([spec.name]), spec.target)
-        return out
 
 
 def mask_nbytes(engine):
