@@ -1,6 +1,8 @@
-"""Prune events on the host, with numpy: what the Keras, TF1 and MXNet adapters call.
+"""The core's pruning decisions for one optimizer: which steps are events, what sparsity each aims at,
+and (with numpy, on the host) the masks. Every adapter takes its decisions from here; the torch
+adapter computes the masks themselves on the parameters' devices instead.
 
-Those adapters keep masks in their framework's optimizer state and apply them with their own ops on
+The Keras, TF1 and MXNet adapters keep masks in their framework's optimizer state and apply them with their own ops on
 every step; only at a prune event do they hand the current weights (in the canonical layout) to
 :class:`HostPruner`, which returns the new masks from the reference selection of
 :mod:`prunekit.core.masks`. So every framework gets the reference answer, ties included, and the

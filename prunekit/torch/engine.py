@@ -229,7 +229,6 @@ class PruningEngine:
         return per, (zeros / total if total else 0.0)
 
 
-
 def mask_nbytes(engine):
     """Bytes held by the engine's masks (1 per pruned-tensor element)."""
     return sum(m.numel() * m.element_size() for m in engine.masks.values())
