@@ -4,7 +4,6 @@
     python examples/mnist/mxnet_pruning_simple_resume.py --params mx_pruned.params --fix --lr 0.005
 """
 
-import mxnet as mx
 import numpy as np
 from mxnet import gluon
 

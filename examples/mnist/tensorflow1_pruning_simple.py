@@ -5,7 +5,6 @@
 Saves a tf.compat.v1.train.Saver checkpoint (weights, masks, global step) at --out.
 """
 
-import numpy as np
 import tensorflow as tf
 
 import prunekit.tf1 as pruning

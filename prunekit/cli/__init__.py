@@ -193,7 +193,6 @@ def _print_summary(s, out, plot_path):
 
 
 def _plan(args):
-    import torch  # noqa: F401  (the model needs it)
     from prunekit.core import PruneConfig, resolve_plan
     from prunekit.torch.models import build_model
     model = build_model(args.model, args.classes)

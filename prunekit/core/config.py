@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 
 from prunekit.core import _validate
-from prunekit.core.patterns import NM, Pattern, Unstructured, from_sparse_block, parse_pattern
+from prunekit.core.patterns import Pattern, Unstructured, from_sparse_block, parse_pattern
 from prunekit.core.schedule import Schedule
 from prunekit.errors import ConfigError, PrunekitTypeError
 

@@ -35,7 +35,7 @@ def to_scores(weight, layout: Layout):
     x = np.transpose(w, layout.perm)
     if layout.block is not None:
         r, c = layout.block
-        lead, rows, cols = x.shape[:-2], x.shape[-2], x.shape[-1]
+        rows, cols = x.shape[-2], x.shape[-1]
         x = x.astype(np.float64).reshape(-1, rows // r, r, cols // c, c)
         x = np.square(x).sum(axis=(2, 4))
     else:
