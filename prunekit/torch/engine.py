@@ -12,6 +12,7 @@ from collections import defaultdict
 
 import torch
 
+from prunekit.core.masks import prune_count
 from prunekit.core.plan import resolve_plan
 from prunekit.core.pruner import HostPruner
 from prunekit.errors import PlanError, PruningRuntimeError
@@ -70,6 +71,9 @@ class PruningEngine:
         # the core's decisions (which steps are events, which sparsity each aims at); the masks
         # themselves are computed here, on the parameters' devices
         self._decide = HostPruner(self.plan, config)
+        #: a :class:`prunekit.torch.compiled.CompiledPruneEvent`, or None for the eager selection
+        self.compiled_event = None
+        self._deferred = set()  # names whose zeroing a deferred event left to the update
 
     # -- state -------------------------------------------------------------------------------------
     @property
@@ -119,12 +123,28 @@ class PruningEngine:
         return self._decide.is_event(self.step_count, bool(self.masks))
 
     @torch.no_grad()
-    def before_update(self):
-        """Restore masks on the first step, run a prune event when one is due."""
+    def before_update(self, defer=False):
+        """Restore masks on the first step, run a prune event when one is due.
+
+        ``defer``: the event only computes and stores the masks; zeroing the pruned weights and
+        optimizer state is left to the update (a compiled step masks both) or to
+        :meth:`flush_deferred`, which the caller must run before any other update.
+        """
         if self.config.restore_sparsity and not self.masks and self.step_count == 0:
             self.restore()
         if self._event_due():
-            self.prune_event()
+            self.prune_event(defer=defer)
+
+    @torch.no_grad()
+    def flush_deferred(self, weights=True):
+        """Zero what the last deferred event pruned: optimizer state, and weights unless ``weights=False``
+        (for an element-wise update that :meth:`after_update` masks right after)."""
+        names, self._deferred = self._deferred, set()
+        masks = self.masks
+        pairs = [(t, masks[s.name]) for s, p in self._specs if s.name in names
+                 for t in ([p] if weights else []) + self._state_tensors(p)]
+        if pairs:
+            zero_pruned_(*zip(*pairs))
 
     @torch.no_grad()
     def process_grads(self, mask_grads):
@@ -141,8 +161,13 @@ class PruningEngine:
 
     @torch.no_grad()
     def after_update(self, masked=False):
-        """Pruned entries back to exactly 0.0 (unless the update did it already), then count the step."""
-        if not masked:
+        """Pruned entries back to exactly 0.0 (unless the update did it already), then count the step.
+
+        ``masked``: the update zeroed pruned weights and their optimizer state itself (compiled step).
+        """
+        if masked:
+            self._deferred = set()
+        else:
             self.apply_masks()
         self._set_state(step=self.step_count + 1)
 
@@ -164,13 +189,15 @@ class PruningEngine:
                                    "masks cannot be ranked (lower the learning rate or clip gradients)")
 
     @torch.no_grad()
-    def prune_event(self):
-        """Recompute every mask at the current step, zero pruned weights and their optimizer state."""
+    def prune_event(self, defer=False):
+        """Recompute every mask at the current step, zero pruned weights and their optimizer state
+        (``defer``: see :meth:`before_update`)."""
         step, old = self.step_count, self.masks
-        new = {}
+        new = self._compiled_masks(step, old, zero=not defer)
+        zeroed = set(new)
         global_specs = [(s, p) for s, p in self._specs if s.pattern.is_global]
         for spec, p in self._specs:
-            if spec.pattern.is_global:
+            if spec.pattern.is_global or spec.name in new:
                 continue
             sparsity = self._decide.sparsity_at(step, [spec.name], self.state["restored"])
             try:
@@ -186,7 +213,38 @@ class PruningEngine:
             except _select.NonFiniteWeights:
                 raise self._non_finite(names) from None
             new.update(zip(names, masks))
-        self._install(new)
+        if defer:
+            self._set_state(masks={**self.masks, **new})
+            self._deferred = set(new)
+        else:
+            self._install(new, zeroed=zeroed)
+
+    def _compiled_masks(self, step, old, zero):
+        """Masks of the tensors the compiled event takes (weights and state already zeroed), by name."""
+        compiled = self.compiled_event
+        if compiled is None:
+            return {}
+        items, names = [], []
+        for spec, p in self._specs:
+            if spec.pattern.is_global or not compiled.takes(p, spec.pattern.layout(tuple(p.shape))):
+                continue
+            states = self._state_tensors(p) if zero else []
+            if not all(s.is_contiguous() for s in states):
+                continue
+            sparsity = self._decide.sparsity_at(step, [spec.name], self.state["restored"])
+            count = prune_count(sparsity, p.numel())
+            if 0 < count < p.numel():
+                items.append((p, count, old.get(spec.name), states))
+                names.append(spec.name)
+        done = compiled(items, zero_weights=zero)
+        return {names[i]: mask for i, mask in done.items()}
+
+    def _state_tensors(self, p):
+        """The optimizer's per-parameter tensors shaped like ``p`` (momentum, moments), zeroed with its mask."""
+        if self._optimizer is None:
+            return []
+        return [v for v in self._optimizer.state.get(p, {}).values()
+                if torch.is_tensor(v) and v.shape == p.shape and v.is_floating_point()]
 
     @torch.no_grad()
     def restore(self):
@@ -198,22 +256,20 @@ class PruningEngine:
         self._set_state(restored=restored)
         self._install(masks)
 
-    def _install(self, masks):
+    def _install(self, masks, zeroed=()):
+        """Store ``masks``; zero what they prune in the weights and optimizer state, except for the
+        tensors in ``zeroed`` (done already)."""
         merged = dict(self.masks)
         merged.update(masks)
         self._set_state(masks=merged)
         tensors, tensor_masks = [], []
         for spec, p in self._specs:
             mask = masks.get(spec.name)
-            if mask is None:
+            if mask is None or spec.name in zeroed:
                 continue
-            tensors.append(p)
-            tensor_masks.append(mask)
-            if self._optimizer is not None:
-                for value in self._optimizer.state.get(p, {}).values():
-                    if torch.is_tensor(value) and value.shape == p.shape and value.is_floating_point():
-                        tensors.append(value)
-                        tensor_masks.append(mask)
+            for t in [p] + self._state_tensors(p):
+                tensors.append(t)
+                tensor_masks.append(mask)
         if tensors:
             zero_pruned_(tensors, tensor_masks)
 
