@@ -18,7 +18,7 @@ import torchvision
 
 
 def _compiled_variant(params, grads, bufs, masks):
-    """torch's own functional SGD and the mask multiply compiled into one graph (inductor fuses them)."""
+    """torch's own functional SGD and ``params *= masks`` compiled into one graph (inductor fuses them)."""
     from torch.optim.sgd import sgd
 
     @torch.compile(dynamic=False)
@@ -30,6 +30,19 @@ def _compiled_variant(params, grads, bufs, masks):
     step(params, grads, bufs, masks)
     print(f"compiled the fused step in {time.perf_counter() - start:.1f} s")
     return lambda: step(params, grads, bufs, masks)
+
+
+def _prunekit_compiled(params, grads, bufs, masks):
+    """What ``SGDSparse(..., compile_step=True)`` runs: uint8 masks, weights and momentum kept by ``where``."""
+    from prunekit.torch.compiled import _masked_sgd
+
+    step = torch.compile(_masked_sgd, dynamic=False)
+    lr = torch.tensor(0.01)
+    hyper = dict(weight_decay=0.0, momentum=0.9, dampening=0.0, nesterov=False, maximize=False)
+    start = time.perf_counter()
+    step(params, grads, bufs, masks, lr, **hyper)
+    print(f"compiled prunekit's step in {time.perf_counter() - start:.1f} s")
+    return lambda: step(params, grads, bufs, masks, lr, **hyper)
 
 
 def main():
@@ -60,6 +73,8 @@ def main():
         torch._foreach_addcmul_(params, bufs, float_masks, value=-0.01)
 
     compiled = _compiled_variant(params, grads, bufs, bool_masks) if args.compiled else None
+    compiled_u8 = _compiled_variant(params, grads, bufs, byte_masks) if args.compiled else None
+    ours = _prunekit_compiled(params, grads, bufs, byte_masks) if args.compiled else None
     variants = {
         "SGD step alone": (sgd, 0),
         "+ params *= bool mask (foreach)": (lambda: (sgd(), torch._foreach_mul_(params, bool_masks)), 1),
@@ -70,15 +85,18 @@ def main():
     }
     if compiled is not None:
         variants["torch.compile(functional SGD + bool mask)"] = (compiled, 1)
+        variants["torch.compile(functional SGD + uint8 mask)"] = (compiled_u8, 1)
+        variants["torch.compile(SGD + uint8 mask, where; prunekit)"] = (ours, 1)
     times = {name: [] for name in variants}
-    for _ in range(3):
-        for fn, _ in variants.values():
-            fn()
-    for _ in range(args.repeats):
+    # rounds of short blocks: a compiled kernel's OpenMP threads spin for a moment after it returns and
+    # slow whatever is timed right after; the first call of each block is not timed
+    for _ in range(max(1, args.repeats // 5)):
         for name, (fn, _) in variants.items():
-            start = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(5):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     base = statistics.median(times["SGD step alone"])
     rows = [{"variant": n, "ms": statistics.median(t) * 1e3, "ratio": statistics.median(t) / base,
              "mask_bytes_per_param": variants[n][1]} for n, t in times.items()]

@@ -107,14 +107,15 @@ def _event_sample(weights, stride):
     return torch.cat([w[::stride].abs().view(torch.int32) for w in weights])
 
 
-def _event_counts(weights, lows, highs, priors):
-    """All tensors' uint8 flags of ``low <= |w| <= high``, concatenated; and per tensor one packed count:
-    ``(below low) + 2**32 * (NaN, inf, or pruned before but not 0)`` (callers keep sizes under 2**30)."""
+def _event_counts(weights, lows, highs, priors, flag_dtype):
+    """All tensors' one-byte flags of ``low <= |w| <= high`` (nonzero inside), concatenated; and per tensor
+    one packed count: ``(below low) + 2**32 * (NaN, inf, or pruned before but not 0)`` (callers keep sizes
+    under 2**30). ``flag_dtype``: float8 on CPU, where inductor concatenates uint8 only by a copy."""
     flags, counts = [], []
     for i, w in enumerate(weights):
         a = w.abs()
         low, high = lows[i], highs[i]
-        flags.append(torch.where((a >= low) & (a <= high), 1, 0).to(torch.uint8))
+        flags.append(torch.where((a >= low) & (a <= high), 1.0, 0.0).to(flag_dtype))
         odd = (a > torch.finfo(a.dtype).max) | (a != a)
         if priors is not None:
             odd = odd | ((priors[i].to(a.dtype) < 0.5) & (a > 0))
@@ -122,7 +123,7 @@ def _event_counts(weights, lows, highs, priors):
     return torch.cat(flags), torch.stack(counts)
 
 
-def _event_masks(weights, thresholds, cuts, states, zero_weights):
+def _event_masks(weights, thresholds, cuts, states, zero_weights, ties):
     """Per tensor: kept = ``|w| > t``, or ``== t`` at an index >= cut (the tie rule); ``t > 0``, so entries
     pruned before (0.0, checked by :func:`_event_counts`) stay pruned without reading the old mask.
 
@@ -133,8 +134,11 @@ def _event_masks(weights, thresholds, cuts, states, zero_weights):
     for i, w in enumerate(weights):
         a = w.abs()
         t = thresholds[i]
-        index = torch.arange(a.numel(), device=a.device, dtype=torch.int32)
-        kept = torch.where(a > t, 1.0, torch.where((a == t) & (index >= cuts[i]), 1.0, 0.0))
+        if ties:  # the index test costs ~0.4 ns per entry: only compiled in when a tie straddles a cut
+            index = torch.arange(a.numel(), device=a.device, dtype=torch.int32)
+            kept = torch.where(a > t, 1.0, torch.where((a == t) & (index >= cuts[i]), 1.0, 0.0))
+        else:
+            kept = torch.where(a > t, 1.0, 0.0)
         for s in states[i]:
             s.copy_(torch.where(kept > 0.5, s, 0.0))
         if zero_weights:
@@ -207,7 +211,8 @@ class CompiledPruneEvent:
         device = flats[0].device
         on_cpu = device.type == "cpu"
         keys = self._brackets(flats, [count for _, count, _, _ in items])
-        flags, packed = self._counts(flats, keys[:, 0].contiguous(), keys[:, 1].contiguous(), priors)
+        flag_dtype = torch.float8_e4m3fn if on_cpu else torch.uint8
+        flags, packed = self._counts(flats, keys[:, 0].contiguous(), keys[:, 1].contiguous(), priors, flag_dtype)
         inside = _select._true_positions(flags.view(torch.bool))
         starts = [0]
         for n in sizes:
@@ -242,7 +247,8 @@ class CompiledPruneEvent:
             return {}
         masks, totals = self._masks([flats[i] for i in chosen], torch.tensor(thresholds, dtype=torch.float32, device=device),
                                     torch.tensor(cuts, dtype=torch.int32, device=device),
-                                    [[s.view(-1) for s in items[i][3]] for i in chosen], zero_weights)
+                                    [[s.view(-1) for s in items[i][3]] for i in chosen], zero_weights,
+                                    any(cut != sizes[i] for i, cut in zip(chosen, cuts)))
         for i, total in zip(chosen, totals.tolist()):
             if total != sizes[i] - items[i][1]:
                 raise RuntimeError(f"prunekit: compiled prune event kept {total} of {sizes[i]} entries, "
