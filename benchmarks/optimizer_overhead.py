@@ -1,9 +1,10 @@
-"""Step-time and memory overhead of SGDSparse against torch.optim.SGD on ResNet-50's parameters.
+"""Step-time and memory overhead of SGDSparse against torch.optim.SGD on ResNet-50's parameters (and, with
+--adam, of AdamSparse against torch.optim.Adam).
 
-Measured side by side in one run (the two optimizers' steps alternate, medians reported), on
+Measured side by side in one run (rounds of short blocks of each optimizer's steps, medians reported), on
 torchvision's resnet50 shapes (25.6M parameters) with random gradients, SGD momentum 0.9, foreach.
 
-    python benchmarks/optimizer_overhead.py [--repeats 40] [--threads 2] [--json results.json]
+    python benchmarks/optimizer_overhead.py [--repeats 40] [--threads 2] [--compiled] [--adam] [--json results.json]
 
 Targets (issue 2): non-prune step <= 1.10x SGD, amortized at frequency=100 <= 1.20x, prune event
 <= 3x one SGD step, extra memory <= 1 byte per parameter.
@@ -37,18 +38,23 @@ def _time(fn):
     return time.perf_counter() - start
 
 
-def measure(repeats, pattern, compile_step=False):
+FAMILIES = {"sgd": (torch.optim.SGD, pruning.SGDSparse, dict(lr=0.01, momentum=0.9, foreach=True)),
+            "adam": (torch.optim.Adam, pruning.AdamSparse, dict(lr=1e-3, foreach=True))}
+
+
+def measure(repeats, pattern, compile_step=False, family="sgd"):
+    base_cls, sparse_cls, hyper = FAMILIES[family]
     _, base_named = _params(0)
     _, named = _params(0)
     _, ramp_named = _params(0)
-    base = torch.optim.SGD([p for _, p in base_named], lr=0.01, momentum=0.9, foreach=True)
+    base = base_cls([p for _, p in base_named], **hyper)
     target = None if ":" in pattern else 0.9  # N:M fixes its own sparsity
-    sparse = pruning.SGDSparse(named, lr=0.01, momentum=0.9, foreach=True, target_sparsity=target,
-                               pattern=pattern, pretrain_step=0, sparse_step=0, compile_step=compile_step)
+    sparse = sparse_cls(named, **hyper, target_sparsity=target, pattern=pattern, pretrain_step=0, sparse_step=0,
+                        compile_step=compile_step)
     # every step of this one is a prune event in the middle of a ramp: masks tighten a little each time
-    ramping = pruning.SGDSparse(ramp_named, lr=0.01, momentum=0.9, foreach=True, target_sparsity=target,
-                                pattern=pattern, init_sparsity=0.0 if target is None else 0.5,
-                                pretrain_step=0, sparse_step=10_000, frequency=1, compile_step=compile_step)
+    ramping = sparse_cls(ramp_named, **hyper, target_sparsity=target, pattern=pattern,
+                         init_sparsity=0.0 if target is None else 0.5, pretrain_step=0, sparse_step=10_000,
+                         frequency=1, compile_step=compile_step)
     sparse.step()  # step 0: the one prune event; every later step is a plain masked step
     for _ in range(3):
         base.step()
@@ -68,9 +74,10 @@ def measure(repeats, pattern, compile_step=False):
     n_params = sum(p.numel() for _, p in named)
     amortized = (99 * step + (step + event)) / 100
     return {
+        "optimizer": f"{sparse_cls.__name__} vs {base_cls.__name__}",
         "pattern": repr(sparse.plan.specs[0].pattern) + (" compile_step" if compile_step else ""),
         "params": n_params,
-        "sgd_step_ms": sgd * 1e3,
+        "base_step_ms": sgd * 1e3,
         "sparse_step_ms": step * 1e3,
         "step_ratio": step / sgd,
         "prune_event_ms": event * 1e3,
@@ -87,18 +94,24 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--patterns", default="unstructured,bank64,2:4,block4x4")
     parser.add_argument("--compiled", action="store_true", help="also measure compile_step=True (unstructured)")
+    parser.add_argument("--adam", action="store_true",
+                        help="also AdamSparse vs torch.optim.Adam (unstructured; with --compiled, compiled too: ~1 min)")
     parser.add_argument("--json", default="benchmarks/results/optimizer_overhead.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [measure(args.repeats, p) for p in args.patterns.split(",")]
     if args.compiled:
         rows.append(measure(args.repeats, "unstructured", compile_step=True))
-    header = ("pattern", "SGD step ms", "SGDSparse step ms", "step ratio", "prune event ms", "event / SGD step",
-              "amortized (f=100)", "mask B/param")
+    if args.adam:
+        rows.append(measure(args.repeats, "unstructured", family="adam"))
+        if args.compiled:
+            rows.append(measure(args.repeats, "unstructured", compile_step=True, family="adam"))
+    header = ("optimizer", "pattern", "base step ms", "sparse step ms", "step ratio", "prune event ms",
+              "event / base step", "amortized (f=100)", "mask B/param")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
-        print(f"| {r['pattern']} | {r['sgd_step_ms']:.1f} | {r['sparse_step_ms']:.1f} | {r['step_ratio']:.2f}x | "
+        print(f"| {r['optimizer']} | {r['pattern']} | {r['base_step_ms']:.1f} | {r['sparse_step_ms']:.1f} | {r['step_ratio']:.2f}x | "
               f"{r['prune_event_ms']:.0f} | {r['event_ratio']:.1f}x | {r['amortized_ratio_f100']:.2f}x | "
               f"{r['mask_bytes_per_param']:.2f} |")
     meta = {"torch": torch.__version__, "threads": args.threads, "machine": platform.machine(),

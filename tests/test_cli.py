@@ -107,3 +107,15 @@ def test_convert_and_ir_show(tmp_path, capsys):
     assert sparsity == pytest.approx(0.5, abs=0.01), "the zeros survived torch -> IR -> ONNX -> IR"
     assert main(["convert", str(tmp_path / "r18.pt"), str(tmp_path / "x.json")]) == 2
     assert "--arch" in capsys.readouterr().err
+
+
+def test_compile_step_flag_reaches_the_optimizer(tmp_path):
+    from prunekit.cli import _recipe, build_parser
+    from prunekit.torch import recipe as recipes
+    from prunekit.torch.models import SeedCNN
+    args = build_parser().parse_args(["train", *TINY, "--compile-step", "--out", str(tmp_path)])
+    recipe = _recipe(args)
+    opt = recipes._optimizer(recipe, SeedCNN(), sparse=True, steps_per_epoch=8)
+    assert recipe.compile_step and opt._prunekit_compiled is not None and opt.pruning.compiled_event is not None
+    plain = recipes._optimizer(_recipe(build_parser().parse_args(["train", *TINY])), SeedCNN(), True, 8)
+    assert getattr(plain, "_prunekit_compiled", None) is None

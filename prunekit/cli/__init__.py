@@ -75,6 +75,8 @@ def _add_training_flags(p, epochs=(3, 6, 3)):
     g.add_argument("--test-subset", type=int, default=None)
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--compile-step", action="store_true",
+                   help="compile the pruning optimizer's step and prune events (torch.compile; needs a C++ compiler)")
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     g.add_argument("--out", default=None, help="output directory")
     g.add_argument("--quiet", action="store_true")
@@ -149,7 +151,7 @@ def _recipe(args):
                   optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                   batch_size=args.batch_size, dense_epochs=args.dense_epochs, ramp_epochs=args.ramp_epochs,
                   finetune_epochs=args.finetune_epochs, max_steps=args.max_steps, seed=args.seed,
-                  prune=_prune_args(args, args.model))
+                  compile_step=args.compile_step, prune=_prune_args(args, args.model))
 
 
 def _run_training(args, baseline, resume=None, init_from=None, default_out="runs/train"):

@@ -1,28 +1,30 @@
-"""Opt-in compiled paths for ``SGDSparse(..., compile_step=True)``: the update and the mask in one kernel,
-and prune events as a few fused passes.
+"""Opt-in compiled paths for ``SGDSparse`` / ``AdamSparse`` / ``AdamWSparse(..., compile_step=True)``: the
+update and the mask in one kernel, and prune events as a few fused passes.
 
 Eager PyTorch cannot zero the pruned entries without one more pass over the parameters, which costs
 about a third of an SGD step on a CPU (``benchmarks/mask_kernels.py``). Here torch's own functional
-``torch.optim.sgd.sgd`` (so every SGD option keeps torch's math) and the mask multiply are compiled
-together with ``torch.compile``; inductor fuses them. The learning rate goes in as a 0-d tensor kept
-in step with ``group["lr"]``, so LR schedulers do not trigger recompiles.
+``sgd`` / ``adam`` (so every option keeps torch's math) and the masks are compiled together with
+``torch.compile``; inductor fuses them. The learning rate goes in as a 0-d tensor kept in step with
+``group["lr"]``, so LR schedulers do not trigger recompiles.
 
-The same step also zeroes the momentum of pruned entries, so a prune event before it need not touch the
-weights or the optimizer state: with ``compile_step=True`` an event only computes masks
+The same step also zeroes the optimizer state (momentum, moments) of pruned entries, so a prune event
+before it need not touch the weights or the state: with ``compile_step=True`` an event only computes masks
 (:class:`CompiledPruneEvent`: a sampling pass, a counting pass and a threshold pass over the weights)
 and this step applies them.
 
 A step falls back to the eager path (base ``step()`` then masking) whenever the compiled one does not
-apply: before the first momentum buffers exist, with sparse or missing gradients, ``differentiable``
-or ``fused`` groups, or tensors without masks yet. Compiling takes seconds to tens of seconds and
+apply: before the optimizer state exists (torch creates it on the first step), with sparse, complex or
+missing gradients, ``differentiable``, ``fused`` or ``capturable`` groups, or a GradScaler that unscales
+inside the optimizer. Compiling takes seconds to tens of seconds and
 needs a C++ toolchain for inductor on CPU.
 """
 
 import numpy as np
 import torch
+from torch.optim.adam import adam as _functional_adam
 from torch.optim.sgd import sgd as _functional_sgd
 
-__all__ = ["CompiledSGDStep", "CompiledPruneEvent"]
+__all__ = ["CompiledSGDStep", "CompiledAdamStep", "CompiledPruneEvent"]
 
 
 def _masked_sgd(params, grads, bufs, masks, lr, weight_decay, momentum, dampening, nesterov, maximize):
@@ -35,11 +37,30 @@ def _masked_sgd(params, grads, bufs, masks, lr, weight_decay, momentum, dampenin
             buf.copy_(torch.where(kept, buf, 0.0))
 
 
-class CompiledSGDStep:
-    """Runs one SGD step for an ``SGDSparse`` optimizer, fused with its masks; see the module doc."""
+def _masked_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, masks, lr, *, amsgrad,
+                 beta1, beta2, weight_decay, eps, maximize, decoupled_weight_decay):
+    # capturable: the tensor-valued math path, which takes the 0-d lr (torch's own choice under compile)
+    _functional_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, foreach=True,
+                     capturable=True, amsgrad=amsgrad, beta1=beta1, beta2=beta2, lr=lr, weight_decay=weight_decay,
+                     eps=eps, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
+    for i, (p, m) in enumerate(zip(params, masks)):
+        kept = m.to(p.dtype) > 0.5
+        p.copy_(torch.where(kept, p, 0.0))
+        exp_avgs[i].copy_(torch.where(kept, exp_avgs[i], 0.0))
+        exp_avg_sqs[i].copy_(torch.where(kept, exp_avg_sqs[i], 0.0))
+        if amsgrad:
+            max_exp_avg_sqs[i].copy_(torch.where(kept, max_exp_avg_sqs[i], 0.0))
 
-    def __init__(self):
-        self._fn = torch.compile(_masked_sgd, dynamic=False)
+
+class _CompiledStep:
+    """One optimizer step through a compiled function that also applies the masks; see the module doc.
+
+    Subclasses split a param group into the tensors with masks (compiled) and without (torch's own
+    functional update, eager), or return None when the group needs the eager path as a whole.
+    """
+
+    def __init__(self, fn):
+        self._fn = torch.compile(fn, dynamic=False)
         self._lr = {}
         self.fused_steps = 0  # steps that took the compiled path
 
@@ -53,15 +74,49 @@ class CompiledSGDStep:
         t.fill_(lr)
         return t
 
+    @torch.no_grad()
+    def __call__(self, optimizer, masks):
+        """Step every group; False (nothing done) when a group needs the eager path."""
+        if getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None:
+            return False
+        plans = []
+        for index, group in enumerate(optimizer.param_groups):
+            if group.get("differentiable") or group.get("fused") or group.get("capturable"):
+                return False
+            split = self._split(optimizer, group, masks)
+            if split is None:
+                return False
+            plans.append((index, group, split))
+        for index, group, (fused, eager) in plans:
+            lr = self._lr_tensor(index, group, fused[0][0].device) if fused[0] else None
+            self._run(group, fused, eager, lr)
+        self.fused_steps += 1
+        return True
+
+    @staticmethod
+    def _usable(p, masks):
+        """True/False whether ``p`` can step here; None when the whole step must be eager."""
+        if p.grad is None:
+            return None if p in masks else False  # the eager path masks it (and what an event left)
+        if p.grad.is_sparse or torch.is_complex(p):
+            return None
+        return True
+
+
+class CompiledSGDStep(_CompiledStep):
+    """Runs one SGD step for an ``SGDSparse`` optimizer, fused with its masks; see the module doc."""
+
+    def __init__(self):
+        super().__init__(_masked_sgd)
+
     def _split(self, optimizer, group, masks):
         fused, eager = ([], [], [], []), ([], [], [])
         for p in group["params"]:
-            if p.grad is None:
-                if p in masks:
-                    return None  # the eager path masks it (and zeroes what an event left to this step)
-                continue
-            if p.grad.is_sparse:
+            usable = self._usable(p, masks)
+            if usable is None:
                 return None
+            if not usable:
+                continue
             buf = optimizer.state[p].get("momentum_buffer") if group["momentum"] != 0 else None
             if group["momentum"] != 0 and buf is None:
                 return None  # torch's first step clones the gradient into the buffer: leave it to eager
@@ -74,26 +129,59 @@ class CompiledSGDStep:
                 fused[3].append(mask.view(torch.uint8))
         return fused, eager
 
-    @torch.no_grad()
-    def __call__(self, optimizer, masks):
-        """Step every group; False (nothing done) when a group needs the eager path."""
-        plans = []
-        for index, group in enumerate(optimizer.param_groups):
-            if group.get("differentiable") or group.get("fused"):
-                return False
-            split = self._split(optimizer, group, masks)
-            if split is None:
-                return False
-            plans.append((index, group, split))
-        for index, group, (fused, eager) in plans:
-            hyper = dict(weight_decay=group["weight_decay"], momentum=group["momentum"], dampening=group["dampening"],
-                         nesterov=group["nesterov"], maximize=group["maximize"])
-            if fused[0]:
-                self._fn(*fused, self._lr_tensor(index, group, fused[0][0].device), **hyper)
-            if eager[0]:
-                _functional_sgd(*eager, lr=group["lr"], foreach=group["foreach"], **hyper)
-        self.fused_steps += 1
-        return True
+    def _run(self, group, fused, eager, lr):
+        hyper = dict(weight_decay=group["weight_decay"], momentum=group["momentum"], dampening=group["dampening"],
+                     nesterov=group["nesterov"], maximize=group["maximize"])
+        if fused[0]:
+            self._fn(*fused, lr, **hyper)
+        if eager[0]:
+            _functional_sgd(*eager, lr=group["lr"], foreach=group["foreach"], **hyper)
+
+
+class CompiledAdamStep(_CompiledStep):
+    """Runs one Adam / AdamW step for ``AdamSparse`` / ``AdamWSparse``, fused with its masks.
+
+    The moments of pruned entries are kept at 0 as the weights are. torch's functional ``adam`` runs in
+    its tensor-valued ("capturable") form, so the learning rate is a 0-d tensor and schedulers do not
+    recompile; its rounding differs from the eager form in the last bits.
+    """
+
+    def __init__(self):
+        super().__init__(_masked_adam)
+
+    def _split(self, optimizer, group, masks):
+        fused, eager = ([], [], [], [], [], [], []), ([], [], [], [], [], [])
+        for p in group["params"]:
+            usable = self._usable(p, masks)
+            if usable is None:
+                return None
+            if not usable:
+                continue
+            state = optimizer.state[p]
+            if "exp_avg" not in state or (group["amsgrad"] and "max_exp_avg_sq" not in state):
+                return None  # torch creates the state on a parameter's first step: leave that to eager
+            mask = masks.get(p)
+            target = fused if mask is not None else eager
+            target[0].append(p)
+            target[1].append(p.grad)
+            target[2].append(state["exp_avg"])
+            target[3].append(state["exp_avg_sq"])
+            if group["amsgrad"]:
+                target[4].append(state["max_exp_avg_sq"])
+            target[5].append(state["step"])
+            if mask is not None:
+                fused[6].append(mask.view(torch.uint8))
+        return fused, eager
+
+    def _run(self, group, fused, eager, lr):
+        beta1, beta2 = group["betas"]
+        hyper = dict(amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                     eps=group["eps"], maximize=group["maximize"],
+                     decoupled_weight_decay=group.get("decoupled_weight_decay", False))
+        if fused[0]:
+            self._fn(*fused, lr, **hyper)
+        if eager[0]:
+            _functional_adam(*eager, lr=group["lr"], foreach=group["foreach"], **hyper)
 
 
 # -- prune events ---------------------------------------------------------------------------------------
@@ -164,9 +252,7 @@ class CompiledPruneEvent:
     MAX_SIZE = 1 << 30
 
     def __init__(self):
-        # the flags of every tensor are written straight into one buffer, however many tensors there are
-        self._counts = torch.compile(_event_counts, dynamic=False, fullgraph=True,
-                                     options={"max_pointwise_cat_inputs": 1 << 16})
+        self._counts = torch.compile(_event_counts, dynamic=False, fullgraph=True)
         self._masks = torch.compile(_event_masks, dynamic=False, fullgraph=True)
         self._sample = torch.compile(_event_sample, dynamic=False, fullgraph=True)
         self.events = 0  # events that took the compiled path for at least one tensor

@@ -139,6 +139,16 @@ def _init_sparse(self, base, params, param_name, kwargs):
     self._prunekit_setup(param_name, prune_kwargs)
 
 
+def _compile(optimizer, compile_step, step_class):
+    """``compile_step=True``: the compiled step (``prunekit.torch.compiled``) and compiled prune events."""
+    if not isinstance(compile_step, bool):
+        raise PrunekitTypeError(f"compile_step must be True or False; got {compile_step!r}")
+    if compile_step:
+        from prunekit.torch import compiled
+        optimizer._prunekit_compiled = getattr(compiled, step_class)()
+        optimizer._prunekit.compiled_event = compiled.CompiledPruneEvent()
+
+
 class SGDSparse(SparseOptimizerMixin, torch.optim.SGD):
     """``torch.optim.SGD`` that prunes on a schedule.
 
@@ -171,35 +181,32 @@ class SGDSparse(SparseOptimizerMixin, torch.optim.SGD):
     def __init__(self, params, lr=1e-3, *args, param_name=None, compile_step=False, **kwargs):
         if args:
             raise PrunekitTypeError("pass SGDSparse arguments after lr by keyword (momentum=..., ...)")
-        if not isinstance(compile_step, bool):
-            raise PrunekitTypeError(f"compile_step must be True or False; got {compile_step!r}")
         _init_sparse(self, torch.optim.SGD, params, param_name, dict(kwargs, lr=lr))
-        if compile_step:
-            from prunekit.torch.compiled import CompiledPruneEvent, CompiledSGDStep
-            self._prunekit_compiled = CompiledSGDStep()
-            self._prunekit.compiled_event = CompiledPruneEvent()
+        _compile(self, compile_step, "CompiledSGDStep")
 
 
 class AdamSparse(SparseOptimizerMixin, torch.optim.Adam):
-    """``torch.optim.Adam`` that prunes on a schedule; arguments as :class:`SGDSparse`."""
+    """``torch.optim.Adam`` that prunes on a schedule; arguments (``compile_step`` too) as :class:`SGDSparse`."""
 
     _prunekit_mask_grads = False
 
-    def __init__(self, params, lr=1e-3, *args, param_name=None, **kwargs):
+    def __init__(self, params, lr=1e-3, *args, param_name=None, compile_step=False, **kwargs):
         if args:
             raise PrunekitTypeError("pass AdamSparse arguments after lr by keyword (betas=..., ...)")
         _init_sparse(self, torch.optim.Adam, params, param_name, dict(kwargs, lr=lr))
+        _compile(self, compile_step, "CompiledAdamStep")
 
 
 class AdamWSparse(SparseOptimizerMixin, torch.optim.AdamW):
-    """``torch.optim.AdamW`` that prunes on a schedule; arguments as :class:`SGDSparse`."""
+    """``torch.optim.AdamW`` that prunes on a schedule; arguments (``compile_step`` too) as :class:`SGDSparse`."""
 
     _prunekit_mask_grads = False
 
-    def __init__(self, params, lr=1e-3, *args, param_name=None, **kwargs):
+    def __init__(self, params, lr=1e-3, *args, param_name=None, compile_step=False, **kwargs):
         if args:
             raise PrunekitTypeError("pass AdamWSparse arguments after lr by keyword (betas=..., ...)")
         _init_sparse(self, torch.optim.AdamW, params, param_name, dict(kwargs, lr=lr))
+        _compile(self, compile_step, "CompiledAdamStep")
 
 
 _ATTACHED = {}

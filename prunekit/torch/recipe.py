@@ -48,6 +48,7 @@ class Recipe:
     finetune_epochs: int = 3
     max_steps: int = None
     seed: int = 0
+    compile_step: bool = False
     prune: dict = field(default_factory=lambda: {"target_sparsity": 0.95, "keywords_no_sparse": list(SEED_CNN_DENSE)})
 
     @property
@@ -79,7 +80,8 @@ def _optimizer(recipe, model, sparse, steps_per_epoch):
     prune.setdefault("pretrain_step", recipe.dense_epochs * steps_per_epoch)
     prune.setdefault("sparse_step", recipe.ramp_epochs * steps_per_epoch)
     prune.setdefault("frequency", max(1, steps_per_epoch // 5))
-    return sparse_cls(model.parameters(), param_name=model.named_parameters(), **base_args, **prune)
+    return sparse_cls(model.parameters(), param_name=model.named_parameters(), compile_step=recipe.compile_step,
+                      **base_args, **prune)
 
 
 class _Progress:
