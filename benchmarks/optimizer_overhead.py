@@ -93,7 +93,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--patterns", default="unstructured,bank64,2:4,block4x4")
-    parser.add_argument("--compiled", action="store_true", help="also measure compile_step=True (unstructured)")
+    parser.add_argument("--compiled", action="store_true", help="also measure compile_step=True (unstructured, 2:4)")
     parser.add_argument("--adam", action="store_true",
                         help="also AdamSparse vs torch.optim.Adam (unstructured; with --compiled, compiled too: ~1 min)")
     parser.add_argument("--json", default="benchmarks/results/optimizer_overhead.json")
@@ -102,6 +102,7 @@ def main():
     rows = [measure(args.repeats, p) for p in args.patterns.split(",")]
     if args.compiled:
         rows.append(measure(args.repeats, "unstructured", compile_step=True))
+        rows.append(measure(args.repeats, "2:4", compile_step=True))
     if args.adam:
         rows.append(measure(args.repeats, "unstructured", family="adam"))
         if args.compiled:

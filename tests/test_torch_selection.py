@@ -91,7 +91,7 @@ def test_fast_path_rejects_nan(fast_everywhere):
 needs_inductor = pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is missing")
 
 
-def _event_pair(monkeypatch, weights_fn):
+def _event_pair(monkeypatch, weights_fn, pattern="unstructured"):
     """Two identical SGDSparse optimizers (one eager, one compile_step) on a small net, at an event."""
     from prunekit.torch.compiled import CompiledPruneEvent
     monkeypatch.setattr(CompiledPruneEvent, "MIN_SIZE", 64)
@@ -101,9 +101,10 @@ def _event_pair(monkeypatch, weights_fn):
         with torch.no_grad():
             for p in model.parameters():
                 p.copy_(weights_fn(p))
-        opt = pruning.SGDSparse(model.named_parameters(), lr=0.05, momentum=0.9, target_sparsity=0.8,
+        target = None if pattern == "2:4" else 0.8
+        opt = pruning.SGDSparse(model.named_parameters(), lr=0.05, momentum=0.9, target_sparsity=target,
                                 init_sparsity=0.4, pretrain_step=1, sparse_step=4, frequency=2,
-                                compile_step=compiled)
+                                compile_step=compiled, pattern=pattern)
         out.append((model, opt))
     return out
 
@@ -115,14 +116,15 @@ def _snapshot(model, opt):
 
 
 @needs_inductor
-@pytest.mark.parametrize("kind", ["normal", "integers"])
-def test_compiled_event_equals_eager_event(monkeypatch, kind):
+@pytest.mark.parametrize("kind,pattern", [("normal", "unstructured"), ("integers", "unstructured"),
+                                          ("integers", "2:4"), ("integers", "bank8")])
+def test_compiled_event_equals_eager_event(monkeypatch, kind, pattern):
     g = torch.Generator().manual_seed(1)
     if kind == "integers":  # ties at every threshold
         fn = lambda p: torch.randint(-3, 4, p.shape, generator=g).float()  # noqa: E731
     else:
         fn = lambda p: torch.randn(p.shape, generator=g)  # noqa: E731
-    (ma, eager), (mb, fused) = _event_pair(monkeypatch, fn)
+    (ma, eager), (mb, fused) = _event_pair(monkeypatch, fn, pattern)
     for data in batches(3):  # events at steps 1 and 3, with momentum built up in between
         train(ma, eager, [data])
         train(mb, fused, [data])

@@ -183,14 +183,18 @@ def _kept_fast(scores, count, prior):
     if not below < count <= n - above:
         return None
     inside = _true_positions(outside.logical_or_(kept).logical_not_())
-    band = keys[inside]
     rank = count - below  # of the threshold within the band, from 1
-    threshold = torch.kthvalue(band, rank).values
-    greater, equal = band > threshold, band == threshold
-    kept[inside[greater]] = True
-    ties = inside[equal]
-    missing = rank - (band.numel() - int(torch.count_nonzero(greater)) - ties.numel())  # ties to prune
-    kept[ties[missing:]] = True  # the higher indices of a tie stay
+    if keys.device.type == "cpu":  # numpy ranks a small band at a fraction of torch's per-call cost
+        inside, flat = inside.numpy(), kept.numpy()
+        band = keys.numpy()[inside]
+        threshold = np.partition(band, rank - 1)[rank - 1]
+    else:
+        flat, band = kept, keys[inside]
+        threshold = torch.kthvalue(band, rank).values
+    flat[inside[band > threshold]] = True
+    less = int((band < threshold).sum())
+    if less + int((band == threshold).sum()) > rank:  # a tie straddles the threshold's rank
+        flat[inside[band == threshold][rank - less:]] = True  # the higher indices of a tie stay
     if prior is not None:
         kept &= prior.reshape(-1)
         if int(torch.count_nonzero(kept)) != n - count:

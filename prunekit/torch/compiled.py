@@ -236,6 +236,33 @@ def _event_masks(weights, thresholds, cuts, states, zero_weights, ties):
     return kept_all, torch.stack(totals)
 
 
+def _event_groups(weights, priors, counts, sizes):
+    """N:M groups and banks of up to 8: per tensor, the uint8 mask that prunes ``counts[i]`` entries of every
+    group of ``m`` consecutive input-axis entries (more where more were pruned before), the lowest first
+    and ties at the lower index, as ``_select._kept_per_row``; and the count of non-finite entries.
+
+    A weight ``(out, in, *spatial)`` is read as ``(out, in / m, m, spatial)``: the group's members are the
+    ``m`` slices of the third axis, so every load is contiguous along the spatial axis and the mask comes
+    out in the weight's own layout. Ranks come from pairwise comparisons of those slices (one pass)."""
+    kept_all, odd = [], []
+    for i, w in enumerate(weights):
+        m = sizes[i]
+        a = w.abs().reshape(w.shape[0], w.shape[1] // m, m, -1)
+        members = [a[:, :, j] for j in range(m)]
+        need = counts[i]
+        if priors is not None:
+            before = [priors[i].reshape(a.shape)[:, :, j].to(a.dtype) for j in range(m)]
+            members = [torch.where(b > 0.5, x, -1.0) for b, x in zip(before, members)]  # pruned before: lowest
+            need = torch.maximum(need, sum(1.0 - b for b in before))
+        kept = []
+        for j, x in enumerate(members):
+            rank = sum(torch.where((y <= x) if k < j else (y < x), 1.0, 0.0) for k, y in enumerate(members) if k != j)
+            kept.append(torch.where(rank >= need, 1.0, 0.0))
+        kept_all.append(torch.stack(kept, 2).reshape(w.shape).to(torch.uint8))
+        odd.append(torch.where(a <= torch.finfo(a.dtype).max, 0, 1).sum())
+    return kept_all, torch.stack(odd)
+
+
 class CompiledPruneEvent:
     """Unstructured masks of a whole plan in two compiled passes (``SGDSparse(..., compile_step=True)``).
 
@@ -255,14 +282,40 @@ class CompiledPruneEvent:
         self._counts = torch.compile(_event_counts, dynamic=False, fullgraph=True)
         self._masks = torch.compile(_event_masks, dynamic=False, fullgraph=True)
         self._sample = torch.compile(_event_sample, dynamic=False, fullgraph=True)
+        self._groups = torch.compile(_event_groups, dynamic=False, fullgraph=True)
         self.events = 0  # events that took the compiled path for at least one tensor
 
     @classmethod
     def takes(cls, weight, layout):
-        """Whether a weight with this layout can go through the compiled passes."""
+        """Whether a weight with this layout can go through the compiled passes for whole tensors."""
         return (layout.block is None and layout.group_size is None and layout.perm == tuple(range(weight.dim()))
                 and weight.dtype == torch.float32 and weight.is_contiguous()
                 and cls.MIN_SIZE <= weight.numel() < cls.MAX_SIZE)
+
+    @classmethod
+    def takes_groups(cls, weight, layout):
+        """Whether a weight with this layout (N:M, banks of up to 8) can go through :meth:`groups`."""
+        return (layout.block is None and layout.group_size is not None and layout.group_size <= 8
+                and weight.dim() >= 2 and layout.perm == (0,) + tuple(range(2, weight.dim())) + (1,)
+                and weight.shape[1] % layout.group_size == 0
+                and weight.dtype == torch.float32 and weight.is_contiguous() and cls.MIN_SIZE <= weight.numel())
+
+    @torch.no_grad()
+    def groups(self, items):
+        """``items``: ``[(weight, count per group, prior or None, layout)]``. Returns ``{index: mask}``.
+
+        One compiled pass for all tensors; nothing is zeroed here (the caller's update or ``_install``
+        does), and a tensor holding NaN or inf is left to the eager path, which reports it.
+        """
+        if not items:
+            return {}
+        weights = [w.detach() for w, _, _, _ in items]
+        with_prior = all(prior is not None for _, _, prior, _ in items)
+        priors = [prior.view(torch.uint8) for _, _, prior, _ in items] if with_prior else None
+        counts = torch.tensor([float(c) for _, c, _, _ in items], device=weights[0].device)
+        masks, odd = self._groups(weights, priors, counts, [layout.group_size for _, _, _, layout in items])
+        self.events += 1
+        return {i: m.view(torch.bool) for i, (m, bad) in enumerate(zip(masks, odd.tolist())) if not bad}
 
     def _brackets(self, flats, counts):
         """Per tensor, float32 ``[low, high]`` that very likely holds its threshold (``_select._bracket``),

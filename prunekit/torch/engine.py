@@ -193,8 +193,9 @@ class PruningEngine:
         """Recompute every mask at the current step, zero pruned weights and their optimizer state
         (``defer``: see :meth:`before_update`)."""
         step, old = self.step_count, self.masks
-        new = self._compiled_masks(step, old, zero=not defer)
-        zeroed = set(new)
+        new, grouped = self._compiled_masks(step, old, zero=not defer)
+        zeroed = set(new)  # the compiled whole-tensor pass zeroed these already (unless deferred)
+        new.update(grouped)
         global_specs = [(s, p) for s, p in self._specs if s.pattern.is_global]
         for spec, p in self._specs:
             if spec.pattern.is_global or spec.name in new:
@@ -220,24 +221,31 @@ class PruningEngine:
             self._install(new, zeroed=zeroed)
 
     def _compiled_masks(self, step, old, zero):
-        """Masks of the tensors the compiled event takes (weights and state already zeroed), by name."""
+        """Masks by name from the compiled event: ``(whole tensors, weights and state already zeroed unless
+        not ``zero``; grouped patterns, nothing zeroed)``."""
         compiled = self.compiled_event
         if compiled is None:
-            return {}
-        items, names = [], []
+            return {}, {}
+        items, names, groups, group_names = [], [], [], []
         for spec, p in self._specs:
-            if spec.pattern.is_global or not compiled.takes(p, spec.pattern.layout(tuple(p.shape))):
+            if spec.pattern.is_global:
+                continue
+            layout = spec.pattern.layout(tuple(p.shape))
+            sparsity = self._decide.sparsity_at(step, [spec.name], self.state["restored"])
+            if compiled.takes_groups(p, layout):
+                groups.append((p, prune_count(sparsity, layout.group_size), old.get(spec.name), layout))
+                group_names.append(spec.name)
+                continue
+            if not compiled.takes(p, layout):
                 continue
             states = self._state_tensors(p) if zero else []
-            if not all(s.is_contiguous() for s in states):
-                continue
-            sparsity = self._decide.sparsity_at(step, [spec.name], self.state["restored"])
             count = prune_count(sparsity, p.numel())
-            if 0 < count < p.numel():
+            if 0 < count < p.numel() and all(s.is_contiguous() for s in states):
                 items.append((p, count, old.get(spec.name), states))
                 names.append(spec.name)
-        done = compiled(items, zero_weights=zero)
-        return {names[i]: mask for i, mask in done.items()}
+        done = {names[i]: mask for i, mask in compiled(items, zero_weights=zero).items()}
+        grouped = {group_names[i]: mask for i, mask in compiled.groups(groups).items()}
+        return done, grouped
 
     def _state_tensors(self, p):
         """The optimizer's per-parameter tensors shaped like ``p`` (momentum, moments), zeroed with its mask."""
