@@ -20,7 +20,7 @@ def fast_everywhere(monkeypatch):
     """Every group takes the fast path, however small; counts how often it had to fall back."""
     monkeypatch.setattr(_select, "FAST_MIN", 0)
     calls = {"fast": 0, "exact": 0}
-    fast, exact = _select._kept_fast, _select._kept_exact
+    fast = _select._kept_fast
 
     def counted_fast(*args):
         out = fast(*args)
@@ -28,7 +28,6 @@ def fast_everywhere(monkeypatch):
         return out
 
     monkeypatch.setattr(_select, "_kept_fast", counted_fast)
-    monkeypatch.setattr(_select, "_kept_exact", exact)
     return calls
 
 
