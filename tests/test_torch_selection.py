@@ -185,3 +185,11 @@ def test_deferred_event_zeroes_state_before_an_eager_update():
             # momentum = 0.9 * (zeroed buffer) + grad on pruned entries: nothing carried from before
             assert torch.allclose(opt.state[p]["momentum_buffer"][pruned], p.grad[pruned]), name
             assert not torch.equal(bufs[name][pruned], p.grad[pruned])
+
+
+def test_compiled_event_leaves_mixed_previous_masks_to_the_eager_path():
+    from prunekit.torch.compiled import CompiledPruneEvent
+    w, mask = torch.zeros(4), torch.ones(4, dtype=torch.bool)
+    assert CompiledPruneEvent._priors([(w, 1, None, []), (w, 1, None, [])]) is None
+    assert CompiledPruneEvent._priors([(w, 1, mask, []), (w, 1, mask, [])]) == [mask, mask]
+    assert CompiledPruneEvent._priors([(w, 1, mask, []), (w, 1, None, [])]) is False

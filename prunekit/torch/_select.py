@@ -167,6 +167,18 @@ def _bracket(sample, n, count, shift):
     return max(low_bin, 1) << shift, ((high_bin + 1) << shift) - 1
 
 
+def _rank_band(band, positions, rank):
+    """The ``rank``-th smallest of ``band`` (the values at ``positions``, ascending), and the positions of
+    the entries equal to it that stay (the higher indices of a tie that straddles the rank)."""
+    if isinstance(band, np.ndarray):  # numpy ranks a small band at a fraction of torch's per-call cost
+        threshold = np.partition(band, rank - 1)[rank - 1]
+    else:
+        threshold = torch.kthvalue(band, rank).values
+    less = int((band < threshold).sum())
+    equal = band == threshold
+    return threshold, positions[equal][rank - less:]
+
+
 def _kept_fast(scores, count, prior):
     """As :func:`_kept_exact` (``prior``: True = kept before), or None when the exact path must decide."""
     n = scores.numel()
@@ -183,18 +195,14 @@ def _kept_fast(scores, count, prior):
     if not below < count <= n - above:
         return None
     inside = _true_positions(outside.logical_or_(kept).logical_not_())
-    rank = count - below  # of the threshold within the band, from 1
-    if keys.device.type == "cpu":  # numpy ranks a small band at a fraction of torch's per-call cost
+    if keys.device.type == "cpu":
         inside, flat = inside.numpy(), kept.numpy()
         band = keys.numpy()[inside]
-        threshold = np.partition(band, rank - 1)[rank - 1]
     else:
         flat, band = kept, keys[inside]
-        threshold = torch.kthvalue(band, rank).values
+    threshold, staying_ties = _rank_band(band, inside, count - below)
     flat[inside[band > threshold]] = True
-    less = int((band < threshold).sum())
-    if less + int((band == threshold).sum()) > rank:  # a tie straddles the threshold's rank
-        flat[inside[band == threshold][rank - less:]] = True  # the higher indices of a tie stay
+    flat[staying_ties] = True
     if prior is not None:
         kept &= prior.reshape(-1)
         if int(torch.count_nonzero(kept)) != n - count:
@@ -217,7 +225,7 @@ def _kept_per_row(scores, counts):
     size = scores.shape[1]
     if size <= 8:  # N:M and small banks: rank by comparing columns pairwise, ~6x faster than a sort
         columns = [scores[:, j] for j in range(size)]
-        counts = counts.to(torch.uint8) if counts.numel() else counts
+        counts = counts.to(torch.uint8)
         kept = []
         for j, x in enumerate(columns):
             rank = torch.zeros(x.shape, dtype=torch.uint8, device=x.device)

@@ -264,15 +264,16 @@ def _event_groups(weights, priors, counts, sizes):
 
 
 class CompiledPruneEvent:
-    """Unstructured masks of a whole plan in two compiled passes (``SGDSparse(..., compile_step=True)``).
+    """Masks of a whole plan from a few compiled passes (``compile_step=True``).
 
-    The selection is that of :mod:`prunekit.torch._select`'s fast path (a sampled key range, exact counts
-    on each side of it, ``kthvalue`` inside it), with the passes over whole tensors fused by inductor and
-    made for all tensors in one call: one pass counts and flags the range, one applies the threshold and
-    the tie rule, intersects with the previous mask and zeroes the optimizer state (and the weights).
-    Tensors it does not take (small, not float32, not contiguous) or cannot decide (an unlucky sample, a
-    threshold among zeros, NaN, a pruned weight that is not 0) are left to the eager path, before
-    anything is modified.
+    Unstructured tensors (:meth:`__call__`) follow :mod:`prunekit.torch._select`'s fast path (a sampled
+    key range, exact counts on each side of it, ranking inside it), with the passes over whole tensors
+    fused by inductor and made for all tensors in one call each: a sample, a pass that counts and flags
+    the range, and one that applies the threshold and the tie rule and, unless the update will, zeroes
+    the optimizer state and the weights. N:M groups and banks of up to 8 (:meth:`groups`) take one pass.
+    Tensors it does not take (small, not float32, not contiguous, some with a previous mask and some
+    without) or cannot decide (an unlucky sample, a threshold among zeros, NaN, a pruned weight that is
+    not 0) are left to the eager path, before anything is modified.
     """
 
     MIN_SIZE = 1 << 14
@@ -309,13 +310,25 @@ class CompiledPruneEvent:
         """
         if not items:
             return {}
+        priors = self._priors(items)
+        if priors is False:
+            return {}
         weights = [w.detach() for w, _, _, _ in items]
-        with_prior = all(prior is not None for _, _, prior, _ in items)
-        priors = [prior.view(torch.uint8) for _, _, prior, _ in items] if with_prior else None
+        if priors is not None:
+            priors = [p.view(torch.uint8) for p in priors]
         counts = torch.tensor([float(c) for _, c, _, _ in items], device=weights[0].device)
         masks, odd = self._groups(weights, priors, counts, [layout.group_size for _, _, _, layout in items])
         self.events += 1
         return {i: m.view(torch.bool) for i, (m, bad) in enumerate(zip(masks, odd.tolist())) if not bad}
+
+    @staticmethod
+    def _priors(items):
+        """The previous masks of all items, None if none has one, False if only some do (then the eager
+        path decides: one compiled graph takes either)."""
+        priors = [prior for _, _, prior, _ in items]
+        if all(p is None for p in priors):
+            return None
+        return priors if all(p is not None for p in priors) else False
 
     def _brackets(self, flats, counts):
         """Per tensor, float32 ``[low, high]`` that very likely holds its threshold (``_select._bracket``),
@@ -343,10 +356,13 @@ class CompiledPruneEvent:
 
         if not items:
             return {}
+        priors = self._priors(items)
+        if priors is False:
+            return {}
+        if priors is not None:
+            priors = [p.view(-1).view(torch.uint8) for p in priors]
         flats = [w.detach().view(-1) for w, _, _, _ in items]
         sizes = [f.numel() for f in flats]
-        with_prior = all(prior is not None for _, _, prior, _ in items)
-        priors = [prior.view(-1).view(torch.uint8) for _, _, prior, _ in items] if with_prior else None
         device = flats[0].device
         on_cpu = device.type == "cpu"
         keys = self._brackets(flats, [count for _, count, _, _ in items])
@@ -366,22 +382,12 @@ class CompiledPruneEvent:
             if odd or not below < count <= below + in_band:
                 continue  # the eager path decides (and raises on NaN / inf)
             positions = inside[edges[i]:edges[i + 1]] - starts[i]
-            rank = count - below
-            if on_cpu:
-                band = np.abs(flats[i].numpy()[positions])
-                threshold = np.partition(band, rank - 1)[rank - 1]
-                at_or_below = int(np.count_nonzero(band <= threshold))
-            else:
-                band = flats[i][positions].abs()
-                threshold = torch.kthvalue(band, rank).values
-                at_or_below = int(torch.count_nonzero(band <= threshold))
-            cut = sizes[i]  # entries equal to the threshold at index >= cut stay
-            if at_or_below != rank:  # a tie straddles the cut: prune the lower indices
-                ties = positions[band == threshold]
-                cut = int(ties[rank - int((band < threshold).sum())])
+            band = np.abs(flats[i].numpy()[positions]) if on_cpu else flats[i][positions].abs()
+            threshold, staying_ties = _select._rank_band(band, positions, count - below)
             chosen.append(i)
             thresholds.append(float(threshold))
-            cuts.append(cut)
+            # entries equal to the threshold stay from this index on (the tie rule), none if sizes[i]
+            cuts.append(int(staying_ties[0]) if len(staying_ties) else sizes[i])
         if not chosen:
             return {}
         masks, totals = self._masks([flats[i] for i in chosen], torch.tensor(thresholds, dtype=torch.float32, device=device),
