@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 
 import prunekit.torch as pruning  # noqa: E402
 from prunekit.core import Unstructured, reference_global_masks, reference_mask  # noqa: E402
+from prunekit.core.native import kernels  # noqa: E402
 from prunekit.errors import PruningRuntimeError  # noqa: E402
 from prunekit.torch import _select  # noqa: E402
 from torch_helpers import batches, small_net, train  # noqa: E402
@@ -90,8 +91,9 @@ def test_fast_path_rejects_nan(fast_everywhere):
 needs_inductor = pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is missing")
 
 
-def _event_pair(monkeypatch, weights_fn, pattern="unstructured"):
-    """Two identical SGDSparse optimizers (one eager, one compile_step) on a small net, at an event."""
+def _event_pair(monkeypatch, weights_fn, pattern="unstructured", native=True):
+    """Two identical SGDSparse optimizers (one eager, one compile_step) on a small net, at an event.
+    ``native``: whether the compiled event may use prunekit.core.native's kernels (where they build)."""
     from prunekit.torch.compiled import CompiledPruneEvent
     monkeypatch.setattr(CompiledPruneEvent, "MIN_SIZE", 64)
     out = []
@@ -104,6 +106,8 @@ def _event_pair(monkeypatch, weights_fn, pattern="unstructured"):
         opt = pruning.SGDSparse(model.named_parameters(), lr=0.05, momentum=0.9, target_sparsity=target,
                                 init_sparsity=0.4, pretrain_step=1, sparse_step=4, frequency=2,
                                 compile_step=compiled, pattern=pattern)
+        if compiled:
+            opt.pruning.compiled_event.native = native
         out.append((model, opt))
     return out
 
@@ -117,13 +121,14 @@ def _snapshot(model, opt):
 @needs_inductor
 @pytest.mark.parametrize("kind,pattern", [("normal", "unstructured"), ("integers", "unstructured"),
                                           ("integers", "2:4"), ("integers", "bank8")])
-def test_compiled_event_equals_eager_event(monkeypatch, kind, pattern):
+@pytest.mark.parametrize("native", [True, False], ids=["native", "inductor"])
+def test_compiled_event_equals_eager_event(monkeypatch, kind, pattern, native):
     g = torch.Generator().manual_seed(1)
     if kind == "integers":  # ties at every threshold
         fn = lambda p: torch.randint(-3, 4, p.shape, generator=g).float()  # noqa: E731
     else:
         fn = lambda p: torch.randn(p.shape, generator=g)  # noqa: E731
-    (ma, eager), (mb, fused) = _event_pair(monkeypatch, fn, pattern)
+    (ma, eager), (mb, fused) = _event_pair(monkeypatch, fn, pattern, native)
     for data in batches(3):  # events at steps 1 and 3, with momentum built up in between
         train(ma, eager, [data])
         train(mb, fused, [data])
@@ -141,11 +146,14 @@ def test_compiled_event_equals_eager_event(monkeypatch, kind, pattern):
     for x, y in zip(pa + sa, pb + sb):
         assert torch.equal(x, y) and torch.equal(torch.signbit(x), torch.signbit(y))
     assert fused.pruning.compiled_event.events >= 1
+    native_ran = fused.pruning.compiled_event.native_events >= 1
+    assert native_ran == (native and kernels() is not None)
 
 
 @needs_inductor
-def test_compiled_event_leaves_odd_tensors_to_the_eager_path(monkeypatch):
-    (_, eager), (mb, fused) = _event_pair(monkeypatch, lambda p: torch.randn(p.shape))
+@pytest.mark.parametrize("native", [True, False])
+def test_compiled_event_leaves_odd_tensors_to_the_eager_path(monkeypatch, native):
+    (_, eager), (mb, fused) = _event_pair(monkeypatch, lambda p: torch.randn(p.shape), native=native)
     train(mb, fused, batches(2))  # the event at step 1 ran; masks exist
     name = "6.weight"
     p = dict(mb.named_parameters())[name]

@@ -21,11 +21,11 @@ stable sort per row. Timings:
 ``benchmarks/optimizer_overhead.py`` and docs/results.md.
 """
 
-import math
 
 import numpy as np
 import torch
 
+from prunekit.core import native
 from prunekit.core.masks import prune_count
 
 __all__ = ["tensor_mask", "global_masks", "NonFiniteWeights"]
@@ -122,8 +122,7 @@ def _kept_exact(scores, count, pruned_before=None):
 
 #: Groups at least this long take the fast path (a module attribute so tests can lower it).
 FAST_MIN = 1 << 19
-_SAMPLE_STRIDE = 17  # prime, so the sample does not line up with a kernel or channel period
-_SIGMAS = 3.5
+_SAMPLE_STRIDE = native.SAMPLE_STRIDE
 
 
 def _true_positions(flags):
@@ -142,21 +141,13 @@ def _true_positions(flags):
     return positions
 
 
-def _sample_ranks(size, n, count):
-    """Ranks in a sample of ``size`` (of ``n`` entries) between which the ``count``-th smallest very likely
-    falls: ``_SIGMAS`` binomial standard deviations either side of where it is expected."""
-    p = count / n
-    margin = _SIGMAS * math.sqrt(size * p * (1.0 - p)) + 2.0
-    return max(0, math.floor(p * size - margin)), min(size, math.ceil(p * size + margin))
-
-
 def _bracket(sample, n, count, shift):
     """Keys ``low <= high`` between which the ``count``-th smallest of ``n`` keys very likely lies.
 
     ``sample``: every ``_SAMPLE_STRIDE``-th key. Only a histogram of its top bits (``key >> shift``) is
     used. The range never includes bin 0 (zeros and subnormals): entries pruned before are there.
     """
-    ranks = list(_sample_ranks(sample.numel(), n, count))
+    ranks = list(native.sample_ranks(sample.numel(), n, count))
     if sample.device.type == "cpu":  # numpy: the same ops at a fraction of torch's per-call cost
         cumulative = np.cumsum(np.bincount(sample.numpy() >> shift))
         low_bin, high_bin = np.searchsorted(cumulative, ranks, side="right").tolist()
@@ -171,12 +162,10 @@ def _rank_band(band, positions, rank):
     """The ``rank``-th smallest of ``band`` (the values at ``positions``, ascending), and the positions of
     the entries equal to it that stay (the higher indices of a tie that straddles the rank)."""
     if isinstance(band, np.ndarray):  # numpy ranks a small band at a fraction of torch's per-call cost
-        threshold = np.partition(band, rank - 1)[rank - 1]
-    else:
-        threshold = torch.kthvalue(band, rank).values
+        return native.rank_band(band, positions, rank)
+    threshold = torch.kthvalue(band, rank).values
     less = int((band < threshold).sum())
-    equal = band == threshold
-    return threshold, positions[equal][rank - less:]
+    return threshold, positions[band == threshold][rank - less:]
 
 
 def _kept_fast(scores, count, prior):

@@ -1,0 +1,322 @@
+/* prunekit: native kernels for the unstructured prune event on x86-64 CPUs with AVX2.
+ *
+ * Built on first use by prunekit/core/native.py with the system C compiler; every function works on one
+ * float32 tensor given as its raw bits. A "key" is the bit pattern of |w| read as an unsigned integer:
+ * keys of non-negative floats order as the floats do, so comparisons of keys rank magnitudes exactly.
+ * The selection itself (what the keys mean, the tie rule, when to give up) is decided in Python; these
+ * functions only make the three passes over a tensor fast. */
+#include <stdint.h>
+#include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+#define KEY_MASK 0x7FFFFFFFu
+#define MAX_FINITE 0x7F7FFFFFu
+#define SHIFT 15
+#define BINS (1u << (31 - SHIFT))
+
+/* Bumped whenever a signature or a meaning changes (the loader checks it). */
+int pk_abi(void) { return 2; }
+
+int pk_simd(void)
+{
+#ifdef __AVX2__
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Sample every stride-th key of w[0:n] (from index 0); histogram the sample by key >> SHIFT and find the
+ * bins holding its r_lo-th and r_hi-th smallest (0-based; a rank past the end gives the bin after the
+ * last). out[0], out[1]: keys lo <= hi spanning those bins, lo never inside bin 0 (zeros and the
+ * smallest subnormals: the entries pruned before sit there) and hi at most the largest finite key;
+ * out[2]: how many sampled keys lie in [lo, hi]. hist: BINS zeroed counters, zeroed again on return. */
+void pk_bracket(const uint32_t *w, int64_t n, int64_t stride, int64_t r_lo, int64_t r_hi, uint32_t *hist,
+                int64_t *out)
+{
+    uint32_t first = BINS, last = 0;
+    for (int64_t i = 0; i < n; i += stride) {
+        uint32_t b = (w[i] & KEY_MASK) >> SHIFT;
+        hist[b]++;
+        first = b < first ? b : first;
+        last = b > last ? b : last;
+    }
+    if (first > last) { out[0] = 1; out[1] = 0; out[2] = 0; return; }  /* n == 0: an empty range */
+    uint64_t lo_bin = (uint64_t)last + 1, hi_bin = (uint64_t)last + 1;
+    int64_t cum = 0, before_lo = 0, through_hi = 0;
+    int have_lo = 0;
+    for (uint32_t b = first; b <= last; b++) {
+        int64_t prev = cum;
+        cum += hist[b];
+        if (!have_lo && cum > r_lo) { lo_bin = b; before_lo = prev; have_lo = 1; }
+        if (cum > r_hi) { hi_bin = b; break; }
+    }
+    through_hi = cum;  /* the sample up to and including hi_bin (all of it when hi_bin is past the end) */
+    if (!have_lo) before_lo = cum;
+    if (lo_bin < 1) {  /* the range never includes bin 0 */
+        lo_bin = 1;
+        before_lo = hist[0];
+    }
+    memset(hist + first, 0, (size_t)(last - first + 1) * sizeof *hist);
+    uint64_t lo = lo_bin << SHIFT, hi = ((hi_bin + 1) << SHIFT) - 1;
+    if (hi > MAX_FINITE) hi = MAX_FINITE;
+    out[0] = (int64_t)lo;
+    out[1] = (int64_t)hi;
+    out[2] = through_hi > before_lo ? through_hi - before_lo : 0;
+}
+
+/* One pass over w[0:n]: returns how many keys lie in [lo, hi] (lo >= 1, hi < 2**31) and writes the first
+ * `cap` of them, ascending by index, to pos (indices) and vals (keys). below_odd[0]: keys < lo;
+ * below_odd[1]: entries that are NaN or inf, or pruned before (prior[i] == 0, if prior is given) but not
+ * zero. */
+int64_t pk_scan(const uint32_t *w, int64_t n, const uint8_t *prior, uint32_t lo, uint32_t hi, int64_t *pos,
+                uint32_t *vals, int64_t cap, int64_t *below_odd)
+{
+    int64_t m = 0, i0 = 0, below = 0, odd = 0;
+#ifdef __AVX2__
+    const __m256i vkey = _mm256_set1_epi32((int32_t)KEY_MASK);
+    const __m256i vlo = _mm256_set1_epi32((int32_t)lo);  /* every key and bound is < 2**31: signed compares */
+    const __m256i vhi1 = _mm256_set1_epi32((int32_t)hi + 1);
+    const __m256i vmax = _mm256_set1_epi32((int32_t)MAX_FINITE);
+    const __m256i zero = _mm256_setzero_si256();
+    while (i0 + 8 <= n) {
+        /* 32-bit lane counters, added up every block of at most 2**20 entries */
+        int64_t end = i0 + ((n - i0) & ~(int64_t)7);
+        if (end - i0 > (1 << 20)) end = i0 + (1 << 20);
+        __m256i vbelow = zero, vodd = zero;
+        for (; i0 < end; i0 += 8) {
+            __m256i k = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w + i0)), vkey);
+            __m256i lt = _mm256_cmpgt_epi32(vlo, k);
+            __m256i le = _mm256_cmpgt_epi32(vhi1, k);
+            vbelow = _mm256_sub_epi32(vbelow, lt);
+            vodd = _mm256_sub_epi32(vodd, _mm256_cmpgt_epi32(k, vmax));
+            if (prior) {
+                __m256i p = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(prior + i0)));
+                vodd = _mm256_sub_epi32(vodd, _mm256_andnot_si256(_mm256_cmpeq_epi32(k, zero),
+                                                                  _mm256_cmpeq_epi32(p, zero)));
+            }
+            unsigned in = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(lt, le)));
+            while (in) {
+                int j = __builtin_ctz(in);
+                in &= in - 1;
+                if (m < cap) {
+                    pos[m] = i0 + j;
+                    vals[m] = w[i0 + j] & KEY_MASK;
+                }
+                m++;
+            }
+        }
+        int32_t b[8], o[8];
+        _mm256_storeu_si256((__m256i *)b, vbelow);
+        _mm256_storeu_si256((__m256i *)o, vodd);
+        for (int j = 0; j < 8; j++) {
+            below += b[j];
+            odd += o[j];
+        }
+    }
+#endif
+    for (int64_t i = i0; i < n; i++) {
+        uint32_t k = w[i] & KEY_MASK;
+        below += k < lo;
+        odd += (k > MAX_FINITE) | (prior ? (prior[i] == 0) & (k != 0) : 0);
+        if (k >= lo && k <= hi) {
+            if (m < cap) {
+                pos[m] = i;
+                vals[m] = k;
+            }
+            m++;
+        }
+    }
+    below_odd[0] = below;
+    below_odd[1] = odd;
+    return m;
+}
+
+/* out[i] = 1 where the entry stays: key > t, or key == t at an index >= cut (the tie rule); else 0.
+ * Returns how many stay. */
+int64_t pk_mask(const uint32_t *w, int64_t n, uint32_t t, int64_t cut, uint8_t *out)
+{
+    int64_t kept = 0, c = cut < n ? (cut > 0 ? cut : 0) : n;
+    for (int64_t i = 0; i < c; i++) {
+        uint8_t k = (w[i] & KEY_MASK) > t;
+        out[i] = k;
+        kept += k;
+    }
+    for (int64_t i = c; i < n; i++) {
+        uint8_t k = (w[i] & KEY_MASK) >= t;
+        out[i] = k;
+        kept += k;
+    }
+    return kept;
+}
+
+#ifdef __AVX2__
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef uint8_t v8b __attribute__((vector_size(8)));
+
+/* -- N:M groups and banks of up to 8 ------------------------------------------------------------------
+ * A weight (out, in, *spatial) read as (blocks, M, S): a group is the M entries w[b, :, s] (S apart). In
+ * each, `count` entries are pruned (all those pruned before, prior == 0, if more): the lowest keys
+ * first, those pruned before lowest of all, equal keys at the lower member index first. The rank of a
+ * member is how many others go before it; it stays if its rank >= the group's need. */
+
+/* ranks of the M members of 8 groups at once: x[j] holds member j of each group (-1: pruned before) */
+static inline __attribute__((always_inline)) void
+rank8(const v8i *x, v8i need, v8i *kept, const int M)
+{
+    for (int j = 0; j < M; j++) {
+        v8i r = {0};
+        for (int k = 0; k < j; k++) r -= x[k] <= x[j];
+        for (int k = j + 1; k < M; k++) r -= x[k] < x[j];
+        kept[j] = (r >= need) & 1;
+    }
+}
+
+static inline __attribute__((always_inline)) int64_t
+scalar_group(const uint32_t *wg, const uint8_t *pg, int64_t step, int32_t count, uint8_t *og, const int M, const int P)
+{
+    int32_t x[8], pruned = 0;
+    int64_t odd = 0;
+    for (int j = 0; j < M; j++) {
+        int32_t k = (int32_t)(wg[j * step] & KEY_MASK);
+        odd += k > (int32_t)MAX_FINITE;
+        int32_t was = P ? pg[j * step] == 0 : 0;
+        pruned += was;
+        x[j] = was ? -1 : k;
+    }
+    int32_t need = pruned > count ? pruned : count;
+    for (int j = 0; j < M; j++) {
+        int32_t r = 0;
+        for (int k = 0; k < j; k++) r += x[k] <= x[j];
+        for (int k = j + 1; k < M; k++) r += x[k] < x[j];
+        og[j * step] = (uint8_t)(r >= need);
+    }
+    return odd;
+}
+
+static inline __attribute__((always_inline)) int64_t
+groups_impl(const uint32_t *restrict w, int64_t blocks, int64_t S, const uint8_t *restrict prior, int32_t count,
+            uint8_t *restrict out, const int M, const int P)
+{
+    int64_t odd = 0;
+    const v8i zero = {0};
+    const v8i keymask = zero + (int32_t)KEY_MASK, vcount = zero + count, maxf = zero + (int32_t)MAX_FINITE;
+    v8i vodd = {0};
+    v8i x[8], kept[8];
+    if (S == 1 && 8 % M == 0) {
+        /* 8 consecutive entries (8/M whole groups) per vector; member j of a group meets member j+r (mod M)
+           by a permutation of the lanes */
+        __m256i rot[8];
+        v8i earlier[8];
+        for (int r = 1; r < M; r++) {
+            int32_t idx[8];
+            for (int l = 0; l < 8; l++) {
+                idx[l] = (l / M) * M + (l % M + r) % M;
+                earlier[r][l] = (l % M + r) % M < l % M ? -1 : 0;
+            }
+            rot[r] = _mm256_loadu_si256((const __m256i *)idx);
+        }
+        int64_t n = blocks * M, i = 0;
+        for (; i + 8 <= n; i += 8) {
+            v8i k;
+            memcpy(&k, w + i, sizeof k);
+            k &= keymask;
+            vodd -= k > maxf;
+            v8i need = vcount;
+            if (P) {
+                v8b pbytes;
+                memcpy(&pbytes, prior + i, sizeof pbytes);
+                v8i was = __builtin_convertvector(pbytes, v8i) == 0;
+                k |= was;
+                v8i pruned = -was;
+                for (int r = 1; r < M; r++) pruned += (v8i)_mm256_permutevar8x32_epi32((__m256i)(-was), rot[r]);
+                v8i more = pruned > vcount;
+                need = (pruned & more) | (vcount & ~more);
+            }
+            v8i rank = {0};
+            for (int r = 1; r < M; r++) {
+                v8i y = (v8i)_mm256_permutevar8x32_epi32((__m256i)k, rot[r]);
+                rank -= (y < k) | ((y == k) & earlier[r]);
+            }
+            v8b bytes = __builtin_convertvector((rank >= need) & 1, v8b);
+            memcpy(out + i, &bytes, sizeof bytes);
+        }
+        for (; i < n; i += M) odd += scalar_group(w + i, P ? prior + i : 0, 1, count, out + i, M, P);
+    } else if (S == 1) {
+        /* 8 consecutive groups at a time: member j of group g is w[g*M + j] */
+        const __m256i lanes = _mm256_setr_epi32(0, M, 2 * M, 3 * M, 4 * M, 5 * M, 6 * M, 7 * M);
+        int64_t g = 0;
+        for (; g + 8 <= blocks; g += 8) {
+            const uint32_t *wg = w + g * M;
+            v8i pruned = {0};
+            for (int j = 0; j < M; j++) {
+                v8i k = (v8i)_mm256_i32gather_epi32((const int *)(wg + j), lanes, 4) & keymask;
+                vodd -= k > maxf;
+                if (P) {
+                    const uint8_t *pg = prior + g * M + j;
+                    v8i p = {pg[0], pg[M], pg[2 * M], pg[3 * M], pg[4 * M], pg[5 * M], pg[6 * M], pg[7 * M]};
+                    v8i was = p == 0;
+                    pruned -= was;
+                    k |= was;
+                }
+                x[j] = k;
+            }
+            v8i more = pruned > vcount;
+            rank8(x, (pruned & more) | (vcount & ~more), kept, M);
+            uint8_t *og = out + g * M;
+            for (int j = 0; j < M; j++)
+                for (int l = 0; l < 8; l++) og[l * M + j] = (uint8_t)kept[j][l];
+        }
+        for (; g < blocks; g++) odd += scalar_group(w + g * M, P ? prior + g * M : 0, 1, count, out + g * M, M, P);
+    } else {
+        for (int64_t b = 0; b < blocks; b++) {
+            const uint32_t *wb = w + b * M * S;
+            const uint8_t *pb = P ? prior + b * M * S : 0;
+            uint8_t *ob = out + b * M * S;
+            int64_t s = 0;
+            for (; s + 8 <= S; s += 8) {
+                v8i pruned = {0};
+                for (int j = 0; j < M; j++) {
+                    v8i k;
+                    memcpy(&k, wb + j * S + s, sizeof k);
+                    k &= keymask;
+                    vodd -= k > maxf;
+                    if (P) {
+                        v8b pbytes;
+                        memcpy(&pbytes, pb + j * S + s, sizeof pbytes);
+                        v8i was = __builtin_convertvector(pbytes, v8i) == 0;
+                        pruned -= was;
+                        k |= was;
+                    }
+                    x[j] = k;
+                }
+                v8i more = pruned > vcount;
+                rank8(x, (pruned & more) | (vcount & ~more), kept, M);
+                for (int j = 0; j < M; j++) {
+                    v8b bytes = __builtin_convertvector(kept[j], v8b);
+                    memcpy(ob + j * S + s, &bytes, sizeof bytes);
+                }
+            }
+            for (; s < S; s++) odd += scalar_group(wb + s, P ? pb + s : 0, S, count, ob + s, M, P);
+        }
+    }
+    for (int l = 0; l < 8; l++) odd += vodd[l];
+    return odd;
+}
+
+#define CALL(M, P) groups_impl(w, blocks, S, prior, (int32_t)count, out, M, P)
+#define CASE(M) case M: return prior ? CALL(M, 1) : CALL(M, 0);
+
+/* The masks of one weight's groups into out (1 = stays); returns how many entries are NaN or inf (the
+ * caller's exact path then decides and reports), or -1 for a group size this file does not handle. */
+int64_t pk_groups(const uint32_t *w, int64_t blocks, int64_t m, int64_t S, const uint8_t *prior, int64_t count,
+                  uint8_t *out)
+{
+    switch (m) {
+    CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+    }
+    return -1;
+}
+#endif

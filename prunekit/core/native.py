@@ -1,0 +1,268 @@
+"""Native kernels for unstructured prune events on CPU: built on first use, optional, exact.
+
+An unstructured prune event must find, in each tensor, the ``count``-th smallest magnitude, and do it
+exactly (the masks equal :mod:`prunekit.core.masks`). :func:`select_masks` does it in three passes over
+each tensor, made by small C functions (``_native/select.c``) that the system C compiler builds once
+into a cache directory:
+
+1. a 1-in-``SAMPLE_STRIDE`` sample of the keys (the bits of ``|w|``, which order as the magnitudes) is
+   histogrammed; the ranks ``SIGMAS`` binomial standard deviations either side of the expected one give
+   a narrow key range [lo, hi];
+2. one pass counts the keys below ``lo`` exactly and collects those inside the range (~1%) with their
+   indices; if the ``count``-th smallest is not inside (an unlucky sample), or an entry is NaN/inf, or an
+   entry pruned before is not 0.0, the tensor is left to the caller's exact path;
+3. the range is ranked with ``np.partition``; ties at the threshold are pruned at the lower index first
+   (the reference's rule); a last pass writes the mask and its count is checked.
+
+The kernels use AVX2: they are built only on x86-64 CPUs that have it, with ``cc`` (or ``$CC``), and
+``PRUNEKIT_NATIVE=0`` turns them off. Anything that goes wrong while building or loading them gives one
+warning and :func:`kernels` returns None: callers then use their own (slower) path. Tensors are split
+between ``threads`` Python threads; the C calls release the GIL.
+
+Used by ``prunekit.torch`` for ``compile_step=True`` events on CPU; it works on numpy arrays, so any
+adapter can call it.
+"""
+
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["kernels", "select_masks", "group_masks", "SAMPLE_STRIDE", "SIGMAS", "sample_ranks", "rank_band"]
+
+SAMPLE_STRIDE = 17  # prime, so the sample does not line up with a kernel or channel period
+SIGMAS = 3.5
+_ABI = 2
+_BINS = 1 << 16
+_SOURCE = Path(__file__).with_name("_native") / "select.c"
+_FLAGS = ["-O3", "-mavx2", "-shared", "-fPIC", "-std=c99"]
+
+_lock = threading.Lock()
+_loaded = {}  # "kernels": the loaded library or None (also when it failed: no retry, one warning)
+_pools = {}
+_local = threading.local()
+
+
+def sample_ranks(size, n, count):
+    """Ranks in a sample of ``size`` (of ``n`` entries) between which the ``count``-th smallest very likely
+    falls: ``SIGMAS`` binomial standard deviations either side of where it is expected."""
+    p = count / n
+    margin = SIGMAS * math.sqrt(size * p * (1.0 - p)) + 2.0
+    return max(0, math.floor(p * size - margin)), min(size, math.ceil(p * size + margin))
+
+
+def rank_band(band, positions, rank):
+    """The ``rank``-th smallest (1-based) of the numpy array ``band`` (the values at ``positions``,
+    ascending), and the positions of the entries equal to it that stay: ties are pruned at the lower
+    index first, so of the equal entries the first ``rank - (entries below it)`` go."""
+    threshold = np.partition(band, rank - 1)[rank - 1]
+    less = int(np.count_nonzero(band < threshold))
+    return threshold, positions[band == threshold][rank - less:]
+
+
+def _cache_dir():
+    root = os.environ.get("PRUNEKIT_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prunekit"
+
+
+def _has_avx2():
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx2" in line for line in f)
+    except OSError:  # not Linux: no cheap way to ask the CPU; the torch path is used
+        return False
+
+
+def _build(compiler):
+    """Path of the shared library, compiled now unless the cache has it (keyed by source, flags, compiler)."""
+    source = _SOURCE.read_bytes()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    digest = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(), version.encode()])).hexdigest()[:20]
+    directory = _cache_dir()
+    target = directory / f"select-{digest}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    # compile to a private name, then rename: processes starting together (DDP ranks) never load half a file
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load():
+    if os.environ.get("PRUNEKIT_NATIVE", "1") == "0":
+        return None
+    if not _has_avx2():
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        warnings.warn("prunekit: no C compiler (cc, gcc or $CC) for the native prune-event kernels; "
+                      "prune events use the slower torch path", RuntimeWarning, stacklevel=3)
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+        if lib.pk_abi() != _ABI or lib.pk_simd() != 1:
+            raise RuntimeError("the built library does not match this prunekit")
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        warnings.warn(f"prunekit: native prune-event kernels unavailable ({err}); prune events use the "
+                      "slower torch path", RuntimeWarning, stacklevel=3)
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.pk_bracket.restype = None
+    lib.pk_bracket.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr]
+    lib.pk_scan.restype = i64
+    lib.pk_scan.argtypes = [ptr, i64, ptr, ctypes.c_uint32, ctypes.c_uint32, ptr, ptr, i64, ptr]
+    lib.pk_mask.restype = i64
+    lib.pk_mask.argtypes = [ptr, i64, ctypes.c_uint32, i64, ptr]
+    lib.pk_groups.restype = i64
+    lib.pk_groups.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr]
+    return lib
+
+
+def kernels():
+    """The loaded kernels, or None where they cannot be used (see the module doc); built at the first call."""
+    with _lock:
+        if "kernels" not in _loaded:
+            _loaded["kernels"] = _load()
+        return _loaded["kernels"]
+
+
+def _pool(threads):
+    with _lock:
+        if threads not in _pools:
+            _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="prunekit-native")
+        return _pools[threads]
+
+
+def _select_one(lib, keys, count, prior, out):
+    """Fill ``out`` with the mask of ``keys`` after pruning its ``count`` lowest; False (``out`` not
+    written) when the caller's exact path must decide."""
+    n = keys.size
+    hist = getattr(_local, "hist", None)
+    if hist is None:
+        hist = _local.hist = np.zeros(_BINS, np.uint32)
+    size = -(-n // SAMPLE_STRIDE)
+    r_lo, r_hi = sample_ranks(size, n, count)
+    res = np.zeros(3, np.int64)
+    lib.pk_bracket(keys.ctypes.data, n, SAMPLE_STRIDE, r_lo, r_hi, hist.ctypes.data, res.ctypes.data)
+    low, high, in_sample = (int(v) for v in res)
+    if low > high:
+        return False
+    cap = int(in_sample * n / size * 1.25) + 1024
+    prior_ptr = None if prior is None else prior.ctypes.data
+    while True:
+        positions, values = np.empty(cap, np.int64), np.empty(cap, np.uint32)
+        inside = lib.pk_scan(keys.ctypes.data, n, prior_ptr, low, high, positions.ctypes.data,
+                             values.ctypes.data, cap, res.ctypes.data)
+        if inside <= cap:
+            break
+        cap = inside  # more than the sample promised: once more with room for all
+    below, odd = int(res[0]), int(res[1])
+    if odd or not below < count <= below + inside:
+        return False
+    threshold, staying = rank_band(values[:inside], positions[:inside], count - below)
+    cut = int(staying[0]) if len(staying) else n
+    kept = lib.pk_mask(keys.ctypes.data, n, int(threshold), cut, out.ctypes.data)
+    if kept != n - count:
+        raise RuntimeError(f"prunekit: native prune event kept {kept} of {n} entries, expected {n - count} "
+                           "(please report this)")
+    return True
+
+
+def _run(jobs, work, threads):
+    """``work(lib, *job)`` for every job, the largest first (an even split), on ``threads`` threads."""
+    lib = kernels()
+    if lib is None:
+        raise RuntimeError("prunekit: the native kernels are not available here (see prunekit.core.native)")
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0].size)
+    if threads <= 1 or len(jobs) <= 1:
+        done = {i: work(lib, *jobs[i]) for i in order}
+    else:
+        futures = {i: _pool(threads).submit(work, lib, *jobs[i]) for i in order}
+        done = {i: f.result() for i, f in futures.items()}
+    return [done[i] for i in range(len(jobs))]
+
+
+def _check(i, w, out, prior):
+    shape = w.shape
+    if (w.dtype != np.float32 or not w.flags.c_contiguous or out.dtype != np.uint8 or out.shape != shape
+            or not out.flags.c_contiguous
+            or (prior is not None and (prior.dtype != np.uint8 or prior.shape != shape or not prior.flags.c_contiguous))):
+        raise ValueError(f"prunekit: native kernels got an unusable tensor #{i} (dtype {w.dtype}, shape {w.shape}, "
+                         f"mask {out.dtype} {out.shape}); expected C-contiguous float32 weights and uint8 masks "
+                         "of the same shape")
+
+
+def select_masks(weights, counts, priors, outs, threads=1):
+    """Masks of unstructured tensors, computed by the native kernels (:func:`kernels` must not be None).
+
+    ``weights``: 1-D C-contiguous float32 arrays; ``counts``: how many entries to prune in each
+    (``0 < count < size``); ``priors``: None or one uint8 array per weight (1 = kept at the previous
+    event, whose pruned entries must be 0.0 now); ``outs``: uint8 arrays of the weights' sizes to write
+    the masks into (1 = kept). Returns one bool per tensor: True if its mask was written, False if the
+    caller must decide it (an unlucky sample, a threshold among zeros, NaN or inf, a pruned entry that is
+    not 0.0).
+    """
+    jobs = []
+    for i, (w, count, out) in enumerate(zip(weights, counts, outs)):
+        prior = None if priors is None else priors[i]
+        _check(i, w, out, prior)
+        if w.ndim != 1 or not 0 < count < w.size:
+            raise ValueError(f"prunekit: select_masks got tensor #{i} of shape {w.shape} with count {count}; "
+                             "expected 1-D with 0 < count < size")
+        jobs.append((w.view(np.uint32), int(count), prior, out))
+    return _run(jobs, _select_one, threads)
+
+
+def _groups_one(lib, keys, group_size, count, prior, out):
+    blocks = keys.shape[0] * (keys.shape[1] // group_size)
+    spatial = keys[0, 0].size
+    odd = lib.pk_groups(keys.ctypes.data, blocks, group_size, spatial, None if prior is None else prior.ctypes.data,
+                        count, out.ctypes.data)
+    if odd < 0:
+        raise RuntimeError(f"prunekit: the native kernels do not handle groups of {group_size}")
+    return odd == 0
+
+
+def group_masks(weights, group_sizes, counts, priors, outs, threads=1):
+    """Masks of N:M groups and banks of up to 8 (the native kernels must be available).
+
+    ``weights``: C-contiguous float32 arrays ``(out, in, *spatial)``; a group is ``group_sizes[i]``
+    consecutive entries of the input axis (axis 1) at one output and spatial position. In each group
+    ``counts[i]`` entries are pruned, or all that were pruned before (``priors``: None or uint8 arrays,
+    1 = kept) if more: those first, then the lowest magnitudes, equal ones at the lower index first
+    (the reference's rule). ``outs``: uint8 arrays of the weights' shapes for the masks. Returns one bool
+    per tensor: False where a weight holds NaN or inf (its mask is not usable; the caller decides).
+    """
+    jobs = []
+    for i, (w, m, count, out) in enumerate(zip(weights, group_sizes, counts, outs)):
+        prior = None if priors is None else priors[i]
+        _check(i, w, out, prior)
+        if w.ndim < 2 or not 2 <= m <= 8 or w.shape[1] % m or not 0 <= count <= m:
+            raise ValueError(f"prunekit: group_masks got tensor #{i} of shape {w.shape} with groups of {m} and "
+                             f"count {count}; expected 2 <= group size <= 8 dividing axis 1 and 0 <= count <= size")
+        jobs.append((w.view(np.uint32), int(m), int(count), prior, out))
+    return _run(jobs, _groups_one, threads)

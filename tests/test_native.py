@@ -1,0 +1,195 @@
+"""prunekit.core.native: the C kernels of the unstructured prune event give the reference's masks (ties,
+subnormals, previous masks included), hand back what they cannot decide, and fail to build loudly."""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prunekit.core import BankBalanced, Unstructured, native, reference_mask
+from prunekit.core.masks import prune_count
+
+needs_kernels = pytest.mark.skipif(native.kernels() is None,
+                                   reason="no AVX2 CPU or C compiler here (or PRUNEKIT_NATIVE=0)")
+
+
+def _weights(kind, n, rng):
+    if kind == "integers":  # ties at every threshold
+        return rng.integers(-4, 5, size=n).astype(np.float32)
+    if kind == "rounded":
+        return np.round(rng.standard_normal(n), 1).astype(np.float32)
+    if kind == "subnormal":
+        return (rng.standard_normal(n) * 1e-40).astype(np.float32)
+    if kind == "signed zeros":
+        w = rng.standard_normal(n).astype(np.float32)
+        w[rng.random(n) < 0.3] = -0.0
+        return w
+    return rng.standard_normal(n).astype(np.float32)
+
+
+def _select(weights, sparsities, priors=None, threads=2):
+    outs = [np.full(w.size, 7, np.uint8) for w in weights]
+    counts = [prune_count(s, w.size) for w, s in zip(weights, sparsities)]
+    decided = native.select_masks(weights, counts, priors, outs, threads=threads)
+    return decided, [o.astype(bool) for o in outs], outs
+
+
+@needs_kernels
+@given(st.lists(st.integers(2, 40_000), min_size=1, max_size=4), st.floats(0.01, 0.99), st.integers(0, 2**31 - 1),
+       st.sampled_from(["normal", "integers", "rounded", "subnormal", "signed zeros"]), st.booleans())
+@settings(max_examples=80, deadline=None)
+def test_masks_equal_the_reference(sizes, s, seed, kind, with_prior):
+    rng = np.random.default_rng(seed)
+    weights = [_weights(kind, n, rng) for n in sizes if 0 < prune_count(s, n) < n]
+    if not weights:
+        return
+    priors = None
+    if with_prior:  # the previous event's masks; its pruned weights are 0.0, as the engine leaves them
+        priors = [(rng.random(w.size) > s / 2).astype(np.uint8) for w in weights]
+        for w, p in zip(weights, priors):
+            w[p == 0] = 0.0
+    decided, masks, raw = _select(weights, [s] * len(weights), priors)
+    for i, (w, ok, mask) in enumerate(zip(weights, decided, masks)):
+        prior = None if priors is None else priors[i].astype(bool)
+        if ok:
+            assert set(np.unique(raw[i])) <= {0, 1}
+            assert np.array_equal(mask, reference_mask(w, s, Unstructured(), prior))
+        else:
+            assert np.all(raw[i] == 7), "an undecided tensor's output is not touched"
+
+
+@needs_kernels
+def test_ordinary_tensors_are_decided():
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal(n).astype(np.float32) for n in (1 << 16, 300_001, 8, 1 << 20)]
+    decided, masks, _ = _select(weights, [0.5, 0.9, 0.5, 0.97])
+    assert decided == [True] * 4
+    assert [int((~m).sum()) for m in masks] == [prune_count(s, w.size) for w, s in
+                                                zip(weights, [0.5, 0.9, 0.5, 0.97])]
+
+
+@needs_kernels
+def test_odd_tensors_are_handed_back():
+    rng = np.random.default_rng(1)
+    nan = rng.standard_normal(10_000).astype(np.float32)
+    nan[77] = np.nan
+    inf = rng.standard_normal(10_000).astype(np.float32)
+    inf[5] = -np.inf
+    stale = rng.standard_normal(10_000).astype(np.float32)
+    prior = (np.abs(stale) > 0.5).astype(np.uint8)
+    stale[prior == 0] = 0.0
+    stale[np.flatnonzero(prior == 0)[3]] = 2.0  # pruned before, no longer 0: the reference path ranks it
+    zeros = np.zeros(10_000, np.float32)
+    zeros[:100] = 1.0  # the threshold lies among zeros
+    ok = rng.standard_normal(10_000).astype(np.float32)
+    decided, masks, _ = _select([nan, inf, stale, zeros, ok], [0.5] * 5,
+                                [np.ones(10_000, np.uint8)] * 2 + [prior] + [np.ones(10_000, np.uint8)] * 2)
+    assert decided == [False, False, False, False, True]
+
+
+@needs_kernels
+def test_a_band_larger_than_the_sample_promised(monkeypatch):
+    """The sampled entries (every 17th) are spread out, all the others equal one value inside the range:
+    the range holds far more entries than the sample said, and the scan runs again with room for them."""
+    lib = native.kernels()
+    scans = []
+    scan = lib.pk_scan
+
+    def counted(*args):
+        scans.append(args[7])  # cap
+        return scan(*args)
+
+    monkeypatch.setattr(lib, "pk_scan", counted)
+    n = 17 * 2000
+    w = np.full(n, 1000.25, np.float32)
+    w[::17] = np.arange(2000, dtype=np.float32)
+    decided, masks, _ = _select([w], [0.5], threads=1)
+    assert decided == [True] and len(scans) == 2 and scans[1] > scans[0]
+    assert np.array_equal(masks[0], reference_mask(w, 0.5, Unstructured()))
+
+
+@needs_kernels
+def test_bad_arguments_are_refused():
+    w = np.ones(100, np.float32)
+    with pytest.raises(ValueError, match="float64"):
+        native.select_masks([w.astype(np.float64)], [10], None, [np.zeros(100, np.uint8)])
+    with pytest.raises(ValueError, match="count 100"):
+        native.select_masks([w], [100], None, [np.zeros(100, np.uint8)])
+    with pytest.raises(ValueError, match="tensor #0"):
+        native.select_masks([w], [10], None, [np.zeros(99, np.uint8)])
+
+
+def _fresh(monkeypatch, tmp_path, **env):
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setenv("PRUNEKIT_CACHE_DIR", str(tmp_path))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_turned_off_by_environment(monkeypatch, tmp_path):
+    _fresh(monkeypatch, tmp_path, PRUNEKIT_NATIVE="0")
+    assert native.kernels() is None and not list(tmp_path.iterdir())
+
+
+def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
+    if not native._has_avx2():
+        pytest.skip("no AVX2 CPU: nothing is built")
+    _fresh(monkeypatch, tmp_path, CC="false")
+    with pytest.warns(RuntimeWarning, match="native prune-event kernels unavailable"):
+        assert native.kernels() is None
+    assert native.kernels() is None  # decided once: no second warning, no second build
+    assert not list(tmp_path.iterdir()), "no half-written library left behind"
+    with pytest.raises(RuntimeError, match="not available"):
+        native.select_masks([np.ones(8, np.float32)], [1], None, [np.zeros(8, np.uint8)])
+
+
+@needs_kernels
+def test_built_once_then_loaded_from_the_cache(monkeypatch, tmp_path):
+    _fresh(monkeypatch, tmp_path)
+    assert native.kernels() is not None
+    (built,) = tmp_path.glob("select-*.so")
+    stamp = os.stat(built).st_mtime_ns
+    _fresh(monkeypatch, tmp_path)
+    assert native.kernels() is not None
+    assert os.stat(built).st_mtime_ns == stamp and len(list(tmp_path.iterdir())) == 1
+
+
+# -- N:M groups and banks of up to 8 ---------------------------------------------------------------------
+@needs_kernels
+@given(st.sampled_from([(16, 8), (24, 24), (6, 40), (8, 16, 3, 3), (4, 8, 1, 1), (4, 24, 2, 3), (3, 8, 5), (40, 56, 1, 9)]),
+       st.integers(2, 8), st.floats(0.0, 1.0), st.integers(0, 2**31 - 1),
+       st.sampled_from(["normal", "integers", "subnormal", "signed zeros"]), st.booleans())
+@settings(max_examples=120, deadline=None)
+def test_group_masks_equal_the_reference(shape, m, s, seed, kind, with_prior):
+    if shape[1] % m:
+        m = 4 if shape[1] % 4 == 0 else 2
+    rng = np.random.default_rng(seed)
+    w = _weights(kind, int(np.prod(shape)), rng).reshape(shape)
+    pattern = BankBalanced(m)
+    layout = pattern.layout(shape)
+    assert layout.group_size == m and layout.perm == (0, *range(2, len(shape)), 1)
+    prior = None
+    if with_prior:
+        prior = rng.random(shape) > 0.3
+        w[~prior] = 0.0
+    out = np.full(shape, 7, np.uint8)
+    decided = native.group_masks([w], [m], [prune_count(s, m)], None if prior is None else [prior.astype(np.uint8)],
+                                 [out], threads=1)
+    assert decided == [True]
+    assert np.array_equal(out.astype(bool), reference_mask(w, s, pattern, prior))
+
+
+@needs_kernels
+def test_group_masks_hand_back_non_finite_weights_and_refuse_bad_groups():
+    rng = np.random.default_rng(2)
+    ws = [rng.standard_normal((16, 8, 3, 3)).astype(np.float32) for _ in range(3)]
+    ws[1][3, 2, 1, 1] = np.nan
+    ws[2][0, 0, 0, 0] = np.inf
+    outs = [np.zeros(w.shape, np.uint8) for w in ws]
+    assert native.group_masks(ws, [4] * 3, [2] * 3, None, outs, threads=2) == [True, False, False]
+    with pytest.raises(ValueError, match="groups of 3"):
+        native.group_masks([ws[0]], [3], [1], None, [outs[0]])
+    with pytest.raises(ValueError, match="count 5"):
+        native.group_masks([ws[0]], [4], [5], None, [outs[0]])
