@@ -158,13 +158,14 @@ def test_built_once_then_loaded_from_the_cache(monkeypatch, tmp_path):
 
 # -- N:M groups and banks of up to 8 ---------------------------------------------------------------------
 @needs_kernels
-@given(st.sampled_from([(16, 8), (24, 24), (6, 40), (8, 16, 3, 3), (4, 8, 1, 1), (4, 24, 2, 3), (3, 8, 5), (40, 56, 1, 9)]),
-       st.integers(2, 8), st.floats(0.0, 1.0), st.integers(0, 2**31 - 1),
+@given(st.sampled_from([(16, 8), (24, 24), (6, 40), (8, 16, 3, 3), (4, 8, 1, 1), (4, 24, 2, 3), (3, 8, 5), (40, 56, 1, 9),
+                        (4, 64), (2, 96, 3, 3), (3, 48, 5), (2, 32, 8, 9)]),
+       st.sampled_from([2, 3, 4, 5, 6, 7, 8, 12, 16, 32, 48, 64]), st.floats(0.0, 1.0), st.integers(0, 2**31 - 1),
        st.sampled_from(["normal", "integers", "subnormal", "signed zeros"]), st.booleans())
 @settings(max_examples=120, deadline=None)
 def test_group_masks_equal_the_reference(shape, m, s, seed, kind, with_prior):
     if shape[1] % m:
-        m = 4 if shape[1] % 4 == 0 else 2
+        m = 4 if shape[1] % 4 == 0 else 2  # banks of 2..8 compare pairs, longer ones select per bank
     rng = np.random.default_rng(seed)
     w = _weights(kind, int(np.prod(shape)), rng).reshape(shape)
     pattern = BankBalanced(m)
@@ -191,5 +192,8 @@ def test_group_masks_hand_back_non_finite_weights_and_refuse_bad_groups():
     assert native.group_masks(ws, [4] * 3, [2] * 3, None, outs, threads=2) == [True, False, False]
     with pytest.raises(ValueError, match="groups of 3"):
         native.group_masks([ws[0]], [3], [1], None, [outs[0]])
+    long = [rng.standard_normal((4, 32, 3)).astype(np.float32) for _ in range(2)]
+    long[1][1, 5, 2] = np.nan
+    assert native.group_masks(long, [16, 16], [9, 9], None, [np.zeros(w.shape, np.uint8) for w in long]) == [True, False]
     with pytest.raises(ValueError, match="count 5"):
         native.group_masks([ws[0]], [4], [5], None, [outs[0]])

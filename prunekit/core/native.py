@@ -14,6 +14,9 @@ into a cache directory:
 3. the range is ranked with ``np.partition``; ties at the threshold are pruned at the lower index first
    (the reference's rule); a last pass writes the mask and its count is checked.
 
+:func:`group_masks` does N:M groups and banks in one pass per tensor: groups of up to 8 compare every
+pair of members (eight groups per AVX2 instruction), longer banks select per bank.
+
 The kernels use AVX2: they are built only on x86-64 CPUs that have it, with ``cc`` (or ``$CC``), and
 ``PRUNEKIT_NATIVE=0`` turns them off. Anything that goes wrong while building or loading them gives one
 warning and :func:`kernels` returns None: callers then use their own (slower) path. Tensors are split
@@ -42,8 +45,9 @@ __all__ = ["kernels", "select_masks", "group_masks", "SAMPLE_STRIDE", "SIGMAS", 
 
 SAMPLE_STRIDE = 17  # prime, so the sample does not line up with a kernel or channel period
 SIGMAS = 3.5
-_ABI = 2
+_ABI = 4
 _BINS = 1 << 16
+_CHUNK = 64  # CHUNK in select.c
 _SOURCE = Path(__file__).with_name("_native") / "select.c"
 _FLAGS = ["-O3", "-mavx2", "-shared", "-fPIC", "-std=c99"]
 
@@ -139,6 +143,8 @@ def _load():
     lib.pk_mask.argtypes = [ptr, i64, ctypes.c_uint32, i64, ptr]
     lib.pk_groups.restype = i64
     lib.pk_groups.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr]
+    lib.pk_banks.restype = i64
+    lib.pk_banks.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr, ptr]
     return lib
 
 
@@ -240,15 +246,21 @@ def select_masks(weights, counts, priors, outs, threads=1):
 def _groups_one(lib, keys, group_size, count, prior, out):
     blocks = keys.shape[0] * (keys.shape[1] // group_size)
     spatial = keys[0, 0].size
-    odd = lib.pk_groups(keys.ctypes.data, blocks, group_size, spatial, None if prior is None else prior.ctypes.data,
-                        count, out.ctypes.data)
-    if odd < 0:
-        raise RuntimeError(f"prunekit: the native kernels do not handle groups of {group_size}")
+    args = (keys.ctypes.data, blocks, group_size, spatial, None if prior is None else prior.ctypes.data, count,
+            out.ctypes.data)
+    if group_size <= 8:  # every pair compared, 8 groups per instruction
+        odd = lib.pk_groups(*args)
+    else:  # a selection per group
+        scratch = getattr(_local, "scratch", None)
+        need = group_size + -(-group_size * _CHUNK * 6 // 8)  # see pk_banks
+        if scratch is None or scratch.size < need:
+            scratch = _local.scratch = np.empty(need, np.uint64)
+        odd = lib.pk_banks(*args, scratch.ctypes.data)
     return odd == 0
 
 
 def group_masks(weights, group_sizes, counts, priors, outs, threads=1):
-    """Masks of N:M groups and banks of up to 8 (the native kernels must be available).
+    """Masks of N:M groups and banks (the native kernels must be available).
 
     ``weights``: C-contiguous float32 arrays ``(out, in, *spatial)``; a group is ``group_sizes[i]``
     consecutive entries of the input axis (axis 1) at one output and spatial position. In each group
@@ -261,8 +273,8 @@ def group_masks(weights, group_sizes, counts, priors, outs, threads=1):
     for i, (w, m, count, out) in enumerate(zip(weights, group_sizes, counts, outs)):
         prior = None if priors is None else priors[i]
         _check(i, w, out, prior)
-        if w.ndim < 2 or not 2 <= m <= 8 or w.shape[1] % m or not 0 <= count <= m:
+        if w.ndim < 2 or m < 2 or w.shape[1] % m or not 0 <= count <= m:
             raise ValueError(f"prunekit: group_masks got tensor #{i} of shape {w.shape} with groups of {m} and "
-                             f"count {count}; expected 2 <= group size <= 8 dividing axis 1 and 0 <= count <= size")
+                             f"count {count}; expected a group size >= 2 dividing axis 1 and 0 <= count <= size")
         jobs.append((w.view(np.uint32), int(m), int(count), prior, out))
     return _run(jobs, _groups_one, threads)

@@ -275,8 +275,9 @@ class CompiledPruneEvent:
     entries is not something inductor can generate, and ``nonzero`` over flags cost as much as the rest);
     elsewhere (CUDA, other CPUs) the passes over whole tensors are fused by inductor and made for all
     tensors in one call each: a sample, a pass that counts and flags the range, and one that applies the
-    threshold and the tie rule and, unless the update will, zeroes the optimizer state and the weights. N:M groups and banks of up to 8 (:meth:`groups`) take one pass.
-    Tensors it does not take (small, not float32, not contiguous, some with a previous mask and some
+    threshold and the tie rule and, unless the update will, zeroes the optimizer state and the weights.
+    N:M groups and banks (:meth:`groups`) take one pass: native for any bank size, inductor for groups of
+    up to 8. Tensors it does not take (small, not float32, not contiguous, some with a previous mask and some
     without) or cannot decide (an unlucky sample, a threshold among zeros, NaN, a pruned weight that is
     not 0) are left to the eager path, before anything is modified.
     """
@@ -291,7 +292,7 @@ class CompiledPruneEvent:
         self._groups = torch.compile(_event_groups, dynamic=False, fullgraph=True)
         self.events = 0  # events that took the compiled path for at least one tensor
         self.native = True  # on CPU, prefer prunekit.core.native's kernels where they build (tests turn it off)
-        self.native_events = 0  # of those, events whose unstructured masks came from the native kernels
+        self.native_events = 0  # calls (unstructured or grouped) decided by the native kernels
 
     @classmethod
     def takes(cls, weight, layout):
@@ -300,13 +301,17 @@ class CompiledPruneEvent:
                 and weight.dtype == torch.float32 and weight.is_contiguous()
                 and cls.MIN_SIZE <= weight.numel() < cls.MAX_SIZE)
 
-    @classmethod
-    def takes_groups(cls, weight, layout):
-        """Whether a weight with this layout (N:M, banks of up to 8) can go through :meth:`groups`."""
-        return (layout.block is None and layout.group_size is not None and layout.group_size <= 8
+    def _native_on(self, device):
+        return device.type == "cpu" and self.native and native.kernels() is not None
+
+    def takes_groups(self, weight, layout):
+        """Whether a weight with this layout (N:M; banks: of up to 8, of any size with the native kernels)
+        can go through :meth:`groups`."""
+        return (layout.block is None and layout.group_size is not None
+                and (layout.group_size <= 8 or self._native_on(weight.device))
                 and weight.dim() >= 2 and layout.perm == (0,) + tuple(range(2, weight.dim())) + (1,)
                 and weight.shape[1] % layout.group_size == 0
-                and weight.dtype == torch.float32 and weight.is_contiguous() and cls.MIN_SIZE <= weight.numel())
+                and weight.dtype == torch.float32 and weight.is_contiguous() and self.MIN_SIZE <= weight.numel())
 
     @torch.no_grad()
     def groups(self, items):
@@ -323,7 +328,7 @@ class CompiledPruneEvent:
         weights = [w.detach() for w, _, _, _ in items]
         if priors is not None:
             priors = [p.view(torch.uint8) for p in priors]
-        if weights[0].device.type == "cpu" and self.native and native.kernels() is not None:
+        if self._native_on(weights[0].device):
             outs = [torch.empty(w.shape, dtype=torch.uint8) for w in weights]
             decided = native.group_masks([w.numpy() for w in weights], [layout.group_size for *_, layout in items],
                                          [c for _, c, _, _ in items], None if priors is None else [p.numpy() for p in priors],
@@ -403,7 +408,7 @@ class CompiledPruneEvent:
         sizes = [f.numel() for f in flats]
         device = flats[0].device
         on_cpu = device.type == "cpu"
-        if on_cpu and self.native and native.kernels() is not None:
+        if self._native_on(device):
             return self._native(items, flats, priors, zero_weights)
         keys = self._brackets(flats, [count for _, count, _, _ in items])
         flag_dtype = torch.float8_e4m3fn if on_cpu else torch.uint8

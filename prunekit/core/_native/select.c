@@ -17,7 +17,7 @@
 #define BINS (1u << (31 - SHIFT))
 
 /* Bumped whenever a signature or a meaning changes (the loader checks it). */
-int pk_abi(void) { return 2; }
+int pk_abi(void) { return 4; }
 
 int pk_simd(void)
 {
@@ -320,3 +320,189 @@ int64_t pk_groups(const uint32_t *w, int64_t blocks, int64_t m, int64_t S, const
     return -1;
 }
 #endif
+
+/* -- banks of any size ------------------------------------------------------------------------------------
+ * The same groups as pk_groups, of any size B, ranked by a selection instead of comparing every pair.
+ * A member's rank key is (key << 32 | member index): unique, and equal magnitudes order by index (the
+ * tie rule). Members pruned before are pruned first; of the others, the lowest `need - pruned before`. */
+
+static void swap64(uint64_t *a, uint64_t *b) { uint64_t t = *a; *a = *b; *b = t; }
+
+/* the k-th smallest (0-based) of n distinct values; reorders a */
+static uint64_t select_kth(uint64_t *a, int64_t n, int64_t k)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (hi > lo) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (a[mid] < a[lo]) swap64(a + mid, a + lo);
+        if (a[hi] < a[lo]) swap64(a + hi, a + lo);
+        if (a[hi] < a[mid]) swap64(a + hi, a + mid);
+        uint64_t pivot = a[mid];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] < pivot) i++;
+            while (a[j] > pivot) j--;
+            if (i <= j) {
+                swap64(a + i, a + j);
+                i++;
+                j--;
+            }
+        }
+        if (k <= j) hi = j;
+        else if (k >= i) lo = i;
+        else return a[k];
+    }
+    return a[k];
+}
+
+/* the r-th smallest (1-based, r <= 8) of n values: one pass keeping the r smallest in order */
+static uint64_t smallest_r(const uint64_t *a, int64_t n, int r)
+{
+    uint64_t best[8];
+    int have = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t v = a[i];
+        if (have == r && v >= best[r - 1]) continue;
+        int j = have < r ? have++ : r - 1;
+        while (j > 0 && best[j - 1] > v) {
+            best[j] = best[j - 1];
+            j--;
+        }
+        best[j] = v;
+    }
+    return best[r - 1];
+}
+
+/* One bank (members at g[j * S], j < B): prune all members pruned before and the lowest `r` others. */
+static void select_bank(const uint32_t *g, const uint8_t *p, int64_t B, int64_t S, int64_t r, uint8_t *o,
+                        uint64_t *scratch)
+{
+    int64_t n = 0;
+    for (int64_t j = 0; j < B; j++)
+        if (!p || p[j * S]) scratch[n++] = (uint64_t)(g[j * S] & KEY_MASK) << 32 | (uint64_t)j;
+    uint64_t cut = 0;
+    if (r > 0 && r < n) cut = r <= 8 ? smallest_r(scratch, n, (int)r) : select_kth(scratch, n, r - 1);
+    for (int64_t j = 0; j < B; j++) {
+        uint64_t key = (uint64_t)(g[j * S] & KEY_MASK) << 32 | (uint64_t)j;
+        o[j * S] = (uint8_t)((!p || p[j * S]) && r < n && (r == 0 || key > cut));
+    }
+}
+
+#define CHUNK 64
+#define FEW 8
+
+/* pk_banks for `cs` banks side by side ("lanes"): member j of lane t at base + j * ms + t * ls; ms = S and
+ * ls = 1 for banks at consecutive positions of one block, ms = 1 and ls = B for consecutive blocks of a
+ * weight without spatial axes (LS1: ls == 1, known when compiled). P: whether there is a previous mask. */
+static inline __attribute__((always_inline)) int64_t
+banks_chunk(const uint32_t *restrict w, int64_t base, int64_t cs, int64_t B, int64_t ms, int64_t ls_,
+            const uint8_t *restrict prior, int64_t count, uint8_t *restrict out, uint64_t *scratch, const int P,
+            const int LS1)
+{
+    const int64_t ls = LS1 ? 1 : ls_;
+    int32_t pruned[CHUNK] = {0}, bad[CHUNK] = {0}, r[CHUNK], less[CHUNK] = {0}, ties[CHUNK] = {0};
+    uint32_t best[FEW][CHUNK], thr[CHUNK], v[CHUNK];
+    int64_t odd = 0;
+    for (int64_t j = 0; j < B; j++) {
+        const uint32_t *wr = w + base + j * ms;
+        const uint8_t *pr = prior + (P ? base + j * ms : 0);
+        for (int64_t t = 0; t < cs; t++) {
+            bad[t] += (wr[t * ls] & KEY_MASK) > MAX_FINITE;
+            if (P) pruned[t] += pr[t * ls] == 0;
+        }
+    }
+    int32_t most = 0;
+    for (int64_t t = 0; t < cs; t++) {
+        odd += bad[t];
+        r[t] = (count > pruned[t] ? (int32_t)count : pruned[t]) - pruned[t];
+        if (r[t] <= FEW && r[t] > most) most = r[t];
+    }
+    if (most == 0) {  /* no bank prunes up to FEW more: the previous mask (or selections below) */
+        for (int64_t j = 0; j < B; j++) {
+            const uint8_t *pr = prior + (P ? base + j * ms : 0);
+            uint8_t *orow = out + base + j * ms;
+            for (int64_t t = 0; t < cs; t++) orow[t * ls] = P ? pr[t * ls] != 0 : 1;
+        }
+    } else {
+        for (int i = 0; i < most; i++)
+            for (int64_t t = 0; t < cs; t++) best[i][t] = UINT32_MAX;
+        for (int64_t j = 0; j < B; j++) {  /* the `most` smallest keys of each bank, members pruned before left out */
+            const uint32_t *wr = w + base + j * ms;
+            const uint8_t *pr = prior + (P ? base + j * ms : 0);
+            for (int64_t t = 0; t < cs; t++) v[t] = (P && pr[t * ls] == 0) ? UINT32_MAX : (wr[t * ls] & KEY_MASK);
+            for (int i = 0; i < most; i++) {
+                for (int64_t t = 0; t < cs; t++) {
+                    uint32_t lo = v[t] < best[i][t] ? v[t] : best[i][t];
+                    v[t] = v[t] < best[i][t] ? best[i][t] : v[t];
+                    best[i][t] = lo;
+                }
+            }
+        }
+        for (int64_t t = 0; t < cs; t++) {
+            int32_t k = r[t] < 1 ? 1 : (r[t] > most ? most : r[t]);
+            thr[t] = r[t] == 0 ? 0 : best[k - 1][t];
+        }
+        for (int64_t j = 0; j < B; j++) {
+            const uint32_t *wr = w + base + j * ms;
+            const uint8_t *pr = prior + (P ? base + j * ms : 0);
+            for (int64_t t = 0; t < cs; t++) less[t] += ((wr[t * ls] & KEY_MASK) < thr[t]) & (P ? pr[t * ls] != 0 : 1);
+        }
+        for (int64_t j = 0; j < B; j++) {  /* the mask; of the keys equal to the threshold, the first go */
+            const uint32_t *wr = w + base + j * ms;
+            const uint8_t *pr = prior + (P ? base + j * ms : 0);
+            uint8_t *orow = out + base + j * ms;
+            for (int64_t t = 0; t < cs; t++) {
+                uint32_t k = wr[t * ls] & KEY_MASK;
+                int32_t other = P ? pr[t * ls] != 0 : 1;
+                int32_t equal = (k == thr[t]) & other;
+                int32_t stays = other & ((r[t] == 0) | (k > thr[t]) | (equal & (ties[t] >= r[t] - less[t])));
+                ties[t] += equal;
+                orow[t * ls] = (uint8_t)stays;
+            }
+        }
+    }
+    for (int64_t t = 0; t < cs; t++)
+        if (r[t] > FEW || (r[t] > 0 && r[t] >= B - pruned[t]))
+            select_bank(w + base + t * ls, P ? prior + base + t * ls : 0, B, ms, r[t], out + base + t * ls, scratch);
+    return odd;
+}
+
+/* As pk_groups for groups of any size B >= 2; scratch: room for B + B * CHUNK * 6 / 8 values.
+ * Positions are taken CHUNK at a time, each lane one bank, in loops along the positions (vectorized):
+ * a pass counts what each bank pruned before; where a bank must prune up to FEW more, a pass keeps its
+ * FEW smallest keys (a min/max insertion), one counts the keys below the threshold, one writes the
+ * mask with the tie rule (the first of the equal keys go). Banks that must prune more than FEW run a
+ * selection of their own (the first event, a big jump in sparsity). */
+int64_t pk_banks(const uint32_t *w, int64_t blocks, int64_t B, int64_t S, const uint8_t *prior, int64_t count,
+                 uint8_t *out, uint64_t *scratch)
+{
+    int64_t odd = 0;
+    if (S < CHUNK) {
+        /* few positions per block: CHUNK banks (of any blocks and positions) at a time, copied side by side
+         * into scratch (members CHUNK apart) so that the passes run along contiguous lanes */
+        uint32_t *tw = (uint32_t *)(scratch + B);
+        uint8_t *tp = (uint8_t *)(tw + B * CHUNK), *to = tp + B * CHUNK;
+        int64_t banks = blocks * S;
+        for (int64_t q0 = 0; q0 < banks; q0 += CHUNK) {
+            int64_t cs = banks - q0 < CHUNK ? banks - q0 : CHUNK, at[CHUNK];
+            for (int64_t t = 0; t < cs; t++) at[t] = (q0 + t) / S * B * S + (q0 + t) % S;
+            for (int64_t j = 0; j < B; j++)
+                for (int64_t t = 0; t < cs; t++) {
+                    tw[j * CHUNK + t] = w[at[t] + j * S];
+                    if (prior) tp[j * CHUNK + t] = prior[at[t] + j * S];
+                }
+            odd += prior ? banks_chunk(tw, 0, cs, B, CHUNK, 1, tp, count, to, scratch, 1, 1)
+                         : banks_chunk(tw, 0, cs, B, CHUNK, 1, tp, count, to, scratch, 0, 1);
+            for (int64_t j = 0; j < B; j++)
+                for (int64_t t = 0; t < cs; t++) out[at[t] + j * S] = to[j * CHUNK + t];
+        }
+        return odd;
+    }
+    for (int64_t b = 0; b < blocks; b++)
+        for (int64_t s0 = 0; s0 < S; s0 += CHUNK) {
+            int64_t cs = S - s0 < CHUNK ? S - s0 : CHUNK, base = b * B * S + s0;
+            odd += prior ? banks_chunk(w, base, cs, B, S, 1, prior, count, out, scratch, 1, 1)
+                         : banks_chunk(w, base, cs, B, S, 1, prior, count, out, scratch, 0, 1);
+        }
+    return odd;
+}
