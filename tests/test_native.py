@@ -2,6 +2,7 @@
 subnormals, previous masks included), hand back what they cannot decide, and fail to build loudly."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -143,6 +144,13 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir()), "no half-written library left behind"
     with pytest.raises(RuntimeError, match="not available"):
         native.select_masks([np.ones(8, np.float32)], [1], None, [np.zeros(8, np.uint8)])
+
+
+@needs_kernels
+def test_cc_may_hold_a_wrapper_command(monkeypatch, tmp_path):
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    _fresh(monkeypatch, tmp_path, CC=f"env LC_ALL=C {compiler}")
+    assert native.kernels() is not None and len(list(tmp_path.glob("select-*.so"))) == 1
 
 
 @needs_kernels

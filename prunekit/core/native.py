@@ -31,6 +31,7 @@ import hashlib
 import math
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -92,10 +93,11 @@ def _has_avx2():
 
 
 def _build(compiler):
-    """Path of the shared library, compiled now unless the cache has it (keyed by source, flags, compiler)."""
+    """Path of the shared library, compiled now unless the cache has it (keyed by source, flags, compiler).
+    ``compiler``: the command as a list (``$CC`` may hold a wrapper and flags, e.g. ``ccache gcc``)."""
     source = _SOURCE.read_bytes()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    digest = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(), version.encode()])).hexdigest()[:20]
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    digest = hashlib.sha256(b"\0".join([source, " ".join(compiler + _FLAGS).encode(), version.encode()])).hexdigest()[:20]
     directory = _cache_dir()
     target = directory / f"select-{digest}.so"
     if target.exists():
@@ -105,10 +107,10 @@ def _build(compiler):
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp], capture_output=True, text=True,
+        done = subprocess.run([*compiler, *_FLAGS, str(_SOURCE), "-o", tmp], capture_output=True, text=True,
                               timeout=300)
         if done.returncode != 0:
-            raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+            raise RuntimeError(f"{shlex.join(compiler)} failed: {done.stderr.strip()[-500:]}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -121,7 +123,8 @@ def _load():
         return None
     if not _has_avx2():
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    found = shutil.which("cc") or shutil.which("gcc")
+    compiler = shlex.split(os.environ.get("CC", "")) or ([found] if found else [])
     if not compiler:
         warnings.warn("prunekit: no C compiler (cc, gcc or $CC) for the native prune-event kernels; "
                       "prune events use the slower torch path", RuntimeWarning, stacklevel=3)
@@ -157,10 +160,11 @@ def kernels():
 
 
 def _pool(threads):
+    key = (os.getpid(), threads)  # a forked child has none of its parent's threads: it makes its own pool
     with _lock:
-        if threads not in _pools:
-            _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="prunekit-native")
-        return _pools[threads]
+        if key not in _pools:
+            _pools[key] = ThreadPoolExecutor(threads, thread_name_prefix="prunekit-native")
+        return _pools[key]
 
 
 def _select_one(lib, keys, count, prior, out):

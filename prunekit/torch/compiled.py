@@ -327,7 +327,7 @@ class CompiledPruneEvent:
             return {}
         weights = [w.detach() for w, _, _, _ in items]
         if priors is not None:
-            priors = [p.view(torch.uint8) for p in priors]
+            priors = [p.contiguous().view(torch.uint8) for p in priors]
         if self._native_on(weights[0].device):
             outs = [torch.empty(w.shape, dtype=torch.uint8) for w in weights]
             decided = native.group_masks([w.numpy() for w in weights], [layout.group_size for *_, layout in items],
@@ -403,7 +403,7 @@ class CompiledPruneEvent:
         if priors is False:
             return {}
         if priors is not None:
-            priors = [p.view(-1).view(torch.uint8) for p in priors]
+            priors = [p.contiguous().view(-1).view(torch.uint8) for p in priors]
         flats = [w.detach().view(-1) for w, _, _, _ in items]
         sizes = [f.numel() for f in flats]
         device = flats[0].device
