@@ -1,4 +1,4 @@
-"""Native kernels for unstructured prune events on CPU: built on first use, optional, exact.
+"""Native kernels for prune events on CPU (unstructured, N:M, banks): built on first use, optional, exact.
 
 An unstructured prune event must find, in each tensor, the ``count``-th smallest magnitude, and do it
 exactly (the masks equal :mod:`prunekit.core.masks`). :func:`select_masks` does it in three passes over
@@ -14,8 +14,9 @@ into a cache directory:
 3. the range is ranked with ``np.partition``; ties at the threshold are pruned at the lower index first
    (the reference's rule); a last pass writes the mask and its count is checked.
 
-:func:`group_masks` does N:M groups and banks in one pass per tensor: groups of up to 8 compare every
-pair of members (eight groups per AVX2 instruction), longer banks select per bank.
+:func:`group_masks` does N:M groups and banks: groups of up to 8 compare every pair of members (eight
+groups per AVX2 instruction); longer banks keep each bank's few smallest keys when it prunes at most 8
+more than before, and run a selection per bank otherwise.
 
 The kernels use AVX2: they are built only on x86-64 CPUs that have it, with ``cc`` (or ``$CC``), and
 ``PRUNEKIT_NATIVE=0`` turns them off. Anything that goes wrong while building or loading them gives one
