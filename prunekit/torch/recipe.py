@@ -180,7 +180,10 @@ def run(recipe, out_dir, baseline=False, resume=None, init_from=None, quiet=Fals
     history, start_epoch = [], 0
     if resume:
         ckpt = load_checkpoint(resume)
-        if ckpt.get("recipe") != dataclasses.asdict(recipe):
+        saved = ckpt.get("recipe")
+        if isinstance(saved, dict):  # a field added since the checkpoint was written has its default value
+            saved = {**dataclasses.asdict(Recipe()), **saved}
+        if saved != dataclasses.asdict(recipe):
             raise ConfigError(f"{resume!r} was written by a different recipe; resume needs the same flags "
                               f"(saved: {ckpt.get('recipe')})")
         for k in runs:
