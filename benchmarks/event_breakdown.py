@@ -204,7 +204,7 @@ def main():
             print(f"| {path} | not available here (no AVX2 CPU or C compiler) | |")
             continue
         for phase, ms in phases.items():
-            print(f"| {path} | {phase} | " + ("n/a" if ms is None else f"{ms:.1f}") + " |")
+            print(f"| {path} | {phase} | {ms:.1f} |")
     meta = {"torch": torch.__version__, "threads": args.threads, "repeats": args.repeats,
             "tensors": len(ws), "entries": sum(w.numel() for w in ws)}
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
