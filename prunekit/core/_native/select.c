@@ -1,10 +1,11 @@
-/* prunekit: native kernels for the unstructured prune event on x86-64 CPUs with AVX2.
+/* prunekit: native kernels for prune events on x86-64 CPUs with AVX2.
  *
  * Built on first use by prunekit/core/native.py with the system C compiler; every function works on one
  * float32 tensor given as its raw bits. A "key" is the bit pattern of |w| read as an unsigned integer:
  * keys of non-negative floats order as the floats do, so comparisons of keys rank magnitudes exactly.
- * The selection itself (what the keys mean, the tie rule, when to give up) is decided in Python; these
- * functions only make the three passes over a tensor fast. */
+ * Unstructured tensors: pk_bracket, pk_scan and pk_mask are the three passes of a selection whose logic
+ * (the tie rule, when to give up) lives in Python. N:M groups and banks: pk_groups (up to 8 members)
+ * and pk_banks (any size) decide whole tensors. Every result equals prunekit/core/masks.py's. */
 #include <stdint.h>
 #include <string.h>
 #ifdef __AVX2__
