@@ -16,11 +16,10 @@ float, read as an integer ("key"), orders the same way as the float, so:
   and ``kthvalue`` runs on that bin; entries pruned before get their own lowest bin.
 
 ``prunekit.torch.compiled.CompiledPruneEvent`` runs the fast path's passes over whole tensors as
-fused kernels. Groups of a few entries (banks, N:M) are ranked by pairwise comparison (up to 8) or a
+fused kernels (``prunekit.core.native``'s C kernels on CPUs with AVX2, inductor's elsewhere). Groups of a few entries (banks, N:M) are ranked by pairwise comparison (up to 8) or a
 stable sort per row. Timings:
 ``benchmarks/optimizer_overhead.py`` and docs/results.md.
 """
-
 
 import numpy as np
 import torch

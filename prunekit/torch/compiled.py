@@ -21,10 +21,10 @@ needs a C++ toolchain for inductor on CPU.
 
 import numpy as np
 import torch
-
-from prunekit.core import native
 from torch.optim.adam import adam as _functional_adam
 from torch.optim.sgd import sgd as _functional_sgd
+
+from prunekit.core import native
 
 __all__ = ["CompiledSGDStep", "CompiledAdamStep", "CompiledPruneEvent"]
 
