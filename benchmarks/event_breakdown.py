@@ -9,7 +9,7 @@ conv/linear weight of 16K+ entries, previous masks at 50%, the event prunes 1/64
 
 and the grouped patterns' selection alone (every conv/linear weight whose input axis divides): 2:4 by
 both paths, banks of 64 natively (the first event, and one that prunes one more entry per bank) and by
-the eager path.
+the eager path; and the block scores of Block(4, 4) both ways, with the selection over them.
 
     python benchmarks/event_breakdown.py [--repeats 10] [--threads 2] [--json results.json]
 
@@ -150,7 +150,7 @@ def _timed(fn, repeats):
 
 
 def grouped(repeats, threads):
-    from prunekit.core import BankBalanced
+    from prunekit.core import BankBalanced, Block
 
     torch.manual_seed(0)
     model = torchvision.models.resnet50()
@@ -183,6 +183,19 @@ def grouped(repeats, threads):
         out["banks of 64, eager, one more per bank"] = _timed(
             lambda: [_select.tensor_mask(torch.from_numpy(w), (half + 1) / 64, pattern, m)
                      for w, m in zip(pruned, masks)], max(1, repeats // 3))
+    # blocks of 4x4: the float64 block scores dominated the eager event; the native pass makes them
+    pattern = Block(4, 4)
+    ws = [p.detach() for _, p in model.named_parameters() if p.dim() > 1 and p.shape[0] % 4 == 0 and p.shape[1] % 4 == 0]
+    entries = sum(w.numel() for w in ws)
+    layouts = [pattern.layout(tuple(w.shape)) for w in ws]
+    out[f"blocks 4x4, eager scores ({entries} entries)"] = _timed(
+        lambda: [_select._scores(w, layout) for w, layout in zip(ws, layouts)], max(1, repeats // 3))
+    if native.kernels() is not None:
+        out["blocks 4x4, native scores"] = _timed(
+            lambda: native.block_scores([w.numpy() for w in ws], [(4, 4)] * len(ws), None, threads), repeats)
+    scores = [_select._scores(w, layout) for w, layout in zip(ws, layouts)]
+    out["blocks 4x4, selection over the scores"] = _timed(
+        lambda: [_select._select(sc, prune_count(0.5, sc.shape[1]), None) for sc in scores], repeats)
     return out
 
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prunekit.core import BankBalanced, Unstructured, native, reference_mask
-from prunekit.core.masks import prune_count
+from prunekit.core import BankBalanced, Block, Unstructured, native, reference_mask
+from prunekit.core.masks import prune_count, to_scores
 
 needs_kernels = pytest.mark.skipif(native.kernels() is None,
                                    reason="no AVX2 CPU or C compiler here (or PRUNEKIT_NATIVE=0)")
@@ -205,3 +205,26 @@ def test_group_masks_hand_back_non_finite_weights_and_refuse_bad_groups():
     assert native.group_masks(long, [16, 16], [9, 9], None, [np.zeros(w.shape, np.uint8) for w in long]) == [True, False]
     with pytest.raises(ValueError, match="count 5"):
         native.group_masks([ws[0]], [4], [5], None, [outs[0]])
+
+
+# -- blocks ----------------------------------------------------------------------------------------------------
+@needs_kernels
+@given(st.sampled_from([(8, 8), (16, 12), (8, 4, 3, 3), (4, 8, 1, 5), (12, 8, 2)]), st.sampled_from([1, 2, 4]),
+       st.sampled_from([1, 2, 4]), st.integers(0, 2**31 - 1), st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_block_scores_are_the_reference_scores(shape, r, c, seed, with_prior):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(shape).astype(np.float32)
+    prior = (rng.random(shape) > 0.7).astype(np.uint8) if with_prior else None
+    ((scores, kept),) = native.block_scores([w], [(r, c)], None if prior is None else [prior])
+    layout = Block(r, c).layout(shape)
+    # float64 sums of float32 squares; the order of the additions may differ from numpy's by an ulp
+    np.testing.assert_allclose(scores, to_scores(w, layout).reshape(-1), rtol=1e-15, atol=0)
+    if with_prior:
+        assert np.array_equal(kept.astype(bool), to_scores(prior.astype(np.float32), layout).reshape(-1) > 0)
+    else:
+        assert kept is None
+    w[0, 0, ...] = np.nan
+    assert np.isnan(native.block_scores([w], [(r, c)], None)[0][0][0])
+    with pytest.raises(ValueError, match="blocks 5x"):
+        native.block_scores([w], [(5, c)], None)

@@ -120,11 +120,12 @@ def _snapshot(model, opt):
 
 @needs_inductor
 @pytest.mark.parametrize("kind,pattern", [("normal", "unstructured"), ("integers", "unstructured"),
-                                          ("integers", "2:4"), ("integers", "bank8"), ("normal", "bank16")])
+                                          ("integers", "2:4"), ("integers", "bank8"), ("normal", "bank16"),
+                                          ("normal", "block4x4"), ("integers", "block4x4")])
 @pytest.mark.parametrize("native", [True, False], ids=["native", "inductor"])
 def test_compiled_event_equals_eager_event(monkeypatch, kind, pattern, native):
-    if pattern == "bank16" and not (native and kernels() is not None):
-        pytest.skip("banks longer than 8 have only the native compiled path")
+    if pattern in ("bank16", "block4x4") and not (native and kernels() is not None):
+        pytest.skip("banks longer than 8 and blocks have only the native compiled path")
     g = torch.Generator().manual_seed(1)
     if kind == "integers":  # ties at every threshold
         fn = lambda p: torch.randint(-3, 4, p.shape, generator=g).float()  # noqa: E731

@@ -43,11 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["kernels", "select_masks", "group_masks", "SAMPLE_STRIDE", "SIGMAS", "sample_ranks", "rank_band"]
+__all__ = ["kernels", "select_masks", "group_masks", "block_scores", "SAMPLE_STRIDE", "SIGMAS", "sample_ranks", "rank_band"]
 
 SAMPLE_STRIDE = 17  # prime, so the sample does not line up with a kernel or channel period
 SIGMAS = 3.5
-_ABI = 4
+_ABI = 5
 _BINS = 1 << 16
 _CHUNK = 64  # CHUNK in select.c
 _SOURCE = Path(__file__).with_name("_native") / "select.c"
@@ -149,6 +149,8 @@ def _load():
     lib.pk_groups.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr]
     lib.pk_banks.restype = i64
     lib.pk_banks.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr, ptr]
+    lib.pk_block_scores.restype = i64
+    lib.pk_block_scores.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr]
     return lib
 
 
@@ -218,13 +220,14 @@ def _run(jobs, work, threads):
 
 
 def _check(i, w, out, prior):
-    shape = w.shape
-    if (w.dtype != np.float32 or not w.flags.c_contiguous or out.dtype != np.uint8 or out.shape != shape
-            or not out.flags.c_contiguous
-            or (prior is not None and (prior.dtype != np.uint8 or prior.shape != shape or not prior.flags.c_contiguous))):
-        raise ValueError(f"prunekit: native kernels got an unusable tensor #{i} (dtype {w.dtype}, shape {w.shape}, "
-                         f"mask {out.dtype} {out.shape}); expected C-contiguous float32 weights and uint8 masks "
-                         "of the same shape")
+    """Weights C-contiguous float32; ``out`` (if given) and ``prior`` (if given) C-contiguous uint8 of the
+    same shape."""
+    bad = [a for a in (out, prior) if a is not None
+           and (a.dtype != np.uint8 or a.shape != w.shape or not a.flags.c_contiguous)]
+    if w.dtype != np.float32 or not w.flags.c_contiguous or bad:
+        raise ValueError(f"prunekit: native kernels got an unusable tensor #{i} (dtype {w.dtype}, shape {w.shape}"
+                         + "".join(f", mask {a.dtype} {a.shape}" for a in bad) + "); expected C-contiguous float32 "
+                         "weights and uint8 masks of the same shape")
 
 
 def select_masks(weights, counts, priors, outs, threads=1):
@@ -283,3 +286,34 @@ def group_masks(weights, group_sizes, counts, priors, outs, threads=1):
                              f"count {count}; expected a group size >= 2 dividing axis 1 and 0 <= count <= size")
         jobs.append((w.view(np.uint32), int(m), int(count), prior, out))
     return _run(jobs, _groups_one, threads)
+
+
+def _block_one(lib, w, r, c, prior):
+    rows, cols, spatial = w.shape[0], w.shape[1], w[0, 0].size
+    scores = np.empty(spatial * (rows // r) * (cols // c), np.float64)
+    kept = None if prior is None else np.empty(scores.size, np.uint8)
+    if lib.pk_block_scores(w.ctypes.data, rows, cols, spatial, r, c, None if prior is None else prior.ctypes.data,
+                           scores.ctypes.data, None if kept is None else kept.ctypes.data) < 0:
+        raise MemoryError(f"prunekit: no memory for the block scores of a {w.shape} weight")
+    return scores, kept
+
+
+def block_scores(weights, blocks, priors, threads=1):
+    """Scores of ``Block(r, c)`` patterns, as :func:`prunekit.core.masks.to_scores` computes them.
+
+    ``weights``: C-contiguous float32 arrays ``(out, in, *spatial)``; ``blocks``: ``(r, c)`` per weight,
+    dividing ``out`` and ``in``. Returns per weight ``(scores, kept)``: the float64 sums of squares of
+    the blocks of every spatial position's ``(out, in)`` plane, in the reference's order (spatial
+    position, block row, block column), NaN or inf where an entry is; and, where ``priors`` (None, or a
+    list of uint8 arrays, 1 = kept, or None) has one, a uint8 array, 1 where a block kept an entry
+    before (else None).
+    """
+    jobs = []
+    for i, (w, (r, c)) in enumerate(zip(weights, blocks)):
+        prior = None if priors is None else priors[i]
+        _check(i, w, None, prior)
+        if w.ndim < 2 or r < 1 or c < 1 or w.shape[0] % r or w.shape[1] % c:
+            raise ValueError(f"prunekit: block_scores got tensor #{i} of shape {w.shape} with blocks {r}x{c}; "
+                             "expected blocks dividing axes 0 and 1")
+        jobs.append((w, int(r), int(c), prior))
+    return _run(jobs, _block_one, threads)

@@ -25,6 +25,7 @@ from torch.optim.adam import adam as _functional_adam
 from torch.optim.sgd import sgd as _functional_sgd
 
 from prunekit.core import native
+from prunekit.core.masks import prune_count
 
 __all__ = ["CompiledSGDStep", "CompiledAdamStep", "CompiledPruneEvent"]
 
@@ -277,7 +278,7 @@ class CompiledPruneEvent:
     tensors in one call each: a sample, a pass that counts and flags the range, and one that applies the
     threshold and the tie rule and, unless the update will, zeroes the optimizer state and the weights.
     N:M groups and banks (:meth:`groups`) take one pass: native for any bank size, inductor for groups of
-    up to 8. Tensors it does not take (small, not float32, not contiguous, some with a previous mask and some
+    up to 8; blocks (:meth:`blocks`) have their scores made natively. Tensors it does not take (small, not float32, not contiguous, some with a previous mask and some
     without) or cannot decide (an unlucky sample, a threshold among zeros, NaN, a pruned weight that is
     not 0) are left to the eager path, before anything is modified.
     """
@@ -342,6 +343,41 @@ class CompiledPruneEvent:
         masks, odd = self._groups(weights, priors, counts, [layout.group_size for _, _, _, layout in items])
         self.events += 1
         return {i: m.view(torch.bool) for i, (m, bad) in enumerate(zip(masks, odd.tolist())) if not bad}
+
+    def takes_blocks(self, weight, layout):
+        """Whether a weight with this layout (``Block(r, c)``) can go through :meth:`blocks` (native only)."""
+        return (layout.block is not None and self._native_on(weight.device) and weight.dim() >= 2
+                and layout.perm == tuple(range(2, weight.dim())) + (0, 1)
+                and weight.shape[0] % layout.block[0] == 0 and weight.shape[1] % layout.block[1] == 0
+                and weight.dtype == torch.float32 and weight.is_contiguous() and self.MIN_SIZE <= weight.numel())
+
+    @torch.no_grad()
+    def blocks(self, items):
+        """``items``: ``[(weight, sparsity, prior or None, layout)]`` with ``Block`` layouts. Returns
+        ``{index: mask}``. The native kernels score the blocks (the pass that dominated the eager event);
+        the eager selection ranks the scores. Nothing is zeroed here; a tensor holding NaN or inf is left
+        to the eager path, which reports it."""
+        from prunekit.torch import _select
+
+        if not items:
+            return {}
+        weights = [w.detach() for w, _, _, _ in items]
+        priors = [None if p is None else p.contiguous().view(torch.uint8).numpy() for _, _, p, _ in items]
+        scored = native.block_scores([w.numpy() for w in weights], [layout.block for *_, layout in items], priors,
+                                     threads=torch.get_num_threads())
+        masks = {}
+        for i, ((w, sparsity, prior, layout), (scores, kept)) in enumerate(zip(items, scored)):
+            if not np.isfinite(scores).all():
+                continue
+            scores = torch.from_numpy(scores).view(1, -1)
+            kept_before = None if prior is None else torch.from_numpy(kept).view(1, -1).bool()
+            chosen = _select._select(scores, prune_count(sparsity, scores.shape[1]), kept_before)
+            mask = _select._from_groups(chosen, layout, tuple(w.shape))
+            masks[i] = mask & prior if prior is not None else mask
+        if masks:
+            self.events += 1
+            self.native_events += 1
+        return masks
 
     @staticmethod
     def _priors(items):

@@ -226,7 +226,7 @@ class PruningEngine:
         compiled = self.compiled_event
         if compiled is None:
             return {}, {}
-        items, names, groups, group_names = [], [], [], []
+        items, names, groups, group_names, blocks, block_names = [], [], [], [], [], []
         for spec, p in self._specs:
             if spec.pattern.is_global:
                 continue
@@ -235,6 +235,10 @@ class PruningEngine:
             if compiled.takes_groups(p, layout):
                 groups.append((p, prune_count(sparsity, layout.group_size), old.get(spec.name), layout))
                 group_names.append(spec.name)
+                continue
+            if compiled.takes_blocks(p, layout):
+                blocks.append((p, sparsity, old.get(spec.name), layout))
+                block_names.append(spec.name)
                 continue
             if not compiled.takes(p, layout):
                 continue
@@ -245,6 +249,7 @@ class PruningEngine:
                 names.append(spec.name)
         done = {names[i]: mask for i, mask in compiled(items, zero_weights=zero).items()}
         grouped = {group_names[i]: mask for i, mask in compiled.groups(groups).items()}
+        grouped.update((block_names[i], mask) for i, mask in compiled.blocks(blocks).items())
         return done, grouped
 
     def _state_tensors(self, p):

@@ -5,8 +5,10 @@
  * keys of non-negative floats order as the floats do, so comparisons of keys rank magnitudes exactly.
  * Unstructured tensors: pk_bracket, pk_scan and pk_mask are the three passes of a selection whose logic
  * (the tie rule, when to give up) lives in Python. N:M groups and banks: pk_groups (up to 8 members)
- * and pk_banks (any size) decide whole tensors. Every result equals prunekit/core/masks.py's. */
+ * and pk_banks (any size) decide whole tensors. Blocks: pk_block_scores scores them (the selection
+ * over the scores is torch's). Every result equals prunekit/core/masks.py's. */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -18,7 +20,7 @@
 #define BINS (1u << (31 - SHIFT))
 
 /* Bumped whenever a signature or a meaning changes (the loader checks it). */
-int pk_abi(void) { return 4; }
+int pk_abi(void) { return 5; }
 
 int pk_simd(void)
 {
@@ -506,4 +508,56 @@ int64_t pk_banks(const uint32_t *w, int64_t blocks, int64_t B, int64_t S, const 
                          : banks_chunk(w, base, cs, B, S, 1, prior, count, out, scratch, 0, 1);
         }
     return odd;
+}
+
+/* -- blocks ---------------------------------------------------------------------------------------------
+ * A weight (O, I, *spatial) (S spatial positions) cut into r x c blocks of its (O, I) plane at every
+ * spatial position: score[(s * (O / r) + o / r) * (I / c) + i / c] = the sum of w[o, i, s]^2 over the
+ * block, in float64 (a float32 square is exact there; NaN or inf make the score so): the r rows of a
+ * block row are summed entry by entry (along contiguous memory), then each block's c columns. kept[...]
+ * (if prior is given): whether any entry of the block was kept before. Returns 0, or -1 when out of
+ * memory. */
+int64_t pk_block_scores(const float *w, int64_t O, int64_t I, int64_t S, int64_t r, int64_t c,
+                        const uint8_t *prior, double *scores, uint8_t *kept)
+{
+    const int64_t cols = I / c, plane = (O / r) * cols, row = I * S;
+    double *acc = malloc((size_t)row * sizeof *acc);
+    uint8_t *any = malloc((size_t)row);
+    if (!acc || !any) {
+        free(acc);
+        free(any);
+        return -1;
+    }
+    for (int64_t bo = 0; bo < O / r; bo++) {
+        const float *x = w + bo * r * row;
+        for (int64_t j = 0; j < row; j++) {
+            double v = (double)x[j];
+            acc[j] = v * v;
+        }
+        for (int64_t a = 1; a < r; a++)
+            for (int64_t j = 0; j < row; j++) {
+                double v = (double)x[a * row + j];
+                acc[j] += v * v;
+            }
+        if (prior) {
+            const uint8_t *p = prior + bo * r * row;
+            for (int64_t j = 0; j < row; j++) any[j] = p[j] != 0;
+            for (int64_t a = 1; a < r; a++)
+                for (int64_t j = 0; j < row; j++) any[j] |= p[a * row + j] != 0;
+        }
+        for (int64_t bi = 0; bi < cols; bi++)
+            for (int64_t s = 0; s < S; s++) {
+                double sum = 0.0;
+                uint8_t k = 0;
+                for (int64_t b = 0; b < c; b++) {
+                    sum += acc[(bi * c + b) * S + s];
+                    if (prior) k |= any[(bi * c + b) * S + s];
+                }
+                scores[s * plane + bo * cols + bi] = sum;
+                if (prior) kept[s * plane + bo * cols + bi] = k;
+            }
+    }
+    free(acc);
+    free(any);
+    return 0;
 }
