@@ -172,6 +172,18 @@ def test_compiled_event_leaves_odd_tensors_to_the_eager_path(monkeypatch, native
 
 
 @needs_inductor
+@pytest.mark.skipif(kernels() is None, reason="blocks have only the native compiled path")
+def test_compiled_block_event_reports_nan(monkeypatch):
+    (_, _), (mb, fused) = _event_pair(monkeypatch, lambda p: torch.randn(p.shape), pattern="block4x4")
+    train(mb, fused, batches(2))
+    assert fused.pruning.compiled_event.native_events >= 1
+    with torch.no_grad():
+        dict(mb.named_parameters())["6.weight"][3, 5] = float("nan")
+    with pytest.raises(PruningRuntimeError, match="6.weight"):
+        fused.pruning.prune_event()
+
+
+@needs_inductor
 def test_compiled_step_keeps_momentum_of_pruned_entries_at_zero(monkeypatch):
     (_, _), (model, fused) = _event_pair(monkeypatch, lambda p: torch.randn(p.shape))
     train(model, fused, batches(6))
