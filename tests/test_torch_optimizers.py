@@ -412,6 +412,15 @@ def test_param_group_added_later_warns():
         opt.add_param_group({"params": [model[6].weight]})
 
 
+def _train_side_by_side(*runs, steps):
+    """The same batches through each ``(model, optimizer)``, a StepLR each (halving every 3 steps)."""
+    schedulers = [torch.optim.lr_scheduler.StepLR(opt, 3, gamma=0.5) for _, opt in runs]
+    for data in batches(steps):
+        for (model, opt), sched in zip(runs, schedulers):
+            train(model, opt, [data])
+            sched.step()
+
+
 @pytest.mark.parametrize("kwargs", [dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=1e-3),
                                     dict(momentum=0.5, dampening=0.1, maximize=True)])
 def test_compiled_step_matches_eager(kwargs):
@@ -420,13 +429,7 @@ def test_compiled_step_matches_eager(kwargs):
     a, b = small_net(), small_net()
     eager = pruning.SGDSparse(a.named_parameters(), lr=0.05, **prune, **kwargs)
     fused = pruning.SGDSparse(b.named_parameters(), lr=0.05, compile_step=True, **prune, **kwargs)
-    sa = torch.optim.lr_scheduler.StepLR(eager, 3, gamma=0.5)
-    sb = torch.optim.lr_scheduler.StepLR(fused, 3, gamma=0.5)
-    for data in batches(9):
-        train(a, eager, [data])
-        train(b, fused, [data])
-        sa.step()
-        sb.step()
+    _train_side_by_side((a, eager), (b, fused), steps=9)
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p == 0, q == 0), name
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-7), name
@@ -442,13 +445,7 @@ def test_compiled_adam_step_matches_eager(cls, kwargs):
     a, b = small_net(), small_net()
     eager = cls(a.named_parameters(), lr=1e-2, **prune, **kwargs)
     fused = cls(b.named_parameters(), lr=1e-2, compile_step=True, **prune, **kwargs)
-    sa = torch.optim.lr_scheduler.StepLR(eager, 3, gamma=0.5)
-    sb = torch.optim.lr_scheduler.StepLR(fused, 3, gamma=0.5)
-    for data in batches(8):
-        train(a, eager, [data])
-        train(b, fused, [data])
-        sa.step()
-        sb.step()
+    _train_side_by_side((a, eager), (b, fused), steps=8)
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p == 0, q == 0), name
         # "0.bias" feeds a BatchNorm: its gradient is rounding noise, so Adam's normalised step on it

@@ -97,13 +97,20 @@ class _CompiledStep:
         return True
 
     @staticmethod
-    def _usable(p, masks):
-        """True/False whether ``p`` can step here; None when the whole step must be eager."""
-        if p.grad is None:
-            return None if p in masks else False  # the eager path masks it (and what an event left)
-        if p.grad.is_sparse or torch.is_complex(p):
-            return None
-        return True
+    def _stepping(group, masks):
+        """``[(p, mask or None)]`` for the parameters of ``group`` that step here; None when the whole
+        step must be eager (a masked parameter without a gradient: the eager path masks it, and what an
+        event left; a sparse gradient; a complex parameter)."""
+        out = []
+        for p in group["params"]:
+            if p.grad is None:
+                if p in masks:
+                    return None
+                continue
+            if p.grad.is_sparse or torch.is_complex(p):
+                return None
+            out.append((p, masks.get(p)))
+        return out
 
 
 class CompiledSGDStep(_CompiledStep):
@@ -114,16 +121,13 @@ class CompiledSGDStep(_CompiledStep):
 
     def _split(self, optimizer, group, masks):
         fused, eager = ([], [], [], []), ([], [], [])
-        for p in group["params"]:
-            usable = self._usable(p, masks)
-            if usable is None:
-                return None
-            if not usable:
-                continue
+        stepping = self._stepping(group, masks)
+        if stepping is None:
+            return None
+        for p, mask in stepping:
             buf = optimizer.state[p].get("momentum_buffer") if group["momentum"] != 0 else None
             if group["momentum"] != 0 and buf is None:
                 return None  # torch's first step clones the gradient into the buffer: leave it to eager
-            mask = masks.get(p)
             target = fused if mask is not None else eager
             target[0].append(p)
             target[1].append(p.grad)
@@ -154,16 +158,13 @@ class CompiledAdamStep(_CompiledStep):
 
     def _split(self, optimizer, group, masks):
         fused, eager = ([], [], [], [], [], [], []), ([], [], [], [], [], [])
-        for p in group["params"]:
-            usable = self._usable(p, masks)
-            if usable is None:
-                return None
-            if not usable:
-                continue
+        stepping = self._stepping(group, masks)
+        if stepping is None:
+            return None
+        for p, mask in stepping:
             state = optimizer.state[p]
             if "exp_avg" not in state or (group["amsgrad"] and "max_exp_avg_sq" not in state):
                 return None  # torch creates the state on a parameter's first step: leave that to eager
-            mask = masks.get(p)
             target = fused if mask is not None else eager
             target[0].append(p)
             target[1].append(p.grad)
