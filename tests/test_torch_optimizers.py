@@ -271,10 +271,13 @@ def test_earlier_state_dict_is_not_changed_by_later_steps():
     opt = pruning.SGDSparse(model.named_parameters(), lr=0.1, target_sparsity=0.5, sparse_step=4, frequency=1)
     train(model, opt, batches(2))
     snapshot = opt.state_dict()
-    step, masks = snapshot["state"]["prunekit"]["step"], dict(snapshot["state"]["prunekit"]["masks"])
+    step = snapshot["param_groups"][0]["prunekit_step"]
+    masks = {i: s["prunekit_mask"] for i, s in snapshot["state"].items() if "prunekit_mask" in s}
+    assert step == 2 and masks
     train(model, opt, batches(3))
-    assert snapshot["state"]["prunekit"]["step"] == step
-    assert all(snapshot["state"]["prunekit"]["masks"][k] is masks[k] for k in masks)
+    assert snapshot["param_groups"][0]["prunekit_step"] == step
+    assert all(snapshot["state"][i]["prunekit_mask"] is masks[i] for i in masks)
+    assert not all(torch.equal(opt.state_dict()["state"][i]["prunekit_mask"], masks[i]) for i in masks)
 
 
 def test_loading_state_for_another_model_is_an_error():

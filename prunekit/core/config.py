@@ -92,6 +92,13 @@ class PruneConfig:
         if init > target and target > 0:
             raise ConfigError(f"init_sparsity ({init}) must not exceed target_sparsity ({target}): "
                               "sparsity only rises during a schedule")
+        restore = restore_sparsity
+        if fix_sparsity is True and not restore and int(sparse_step or 0) > 0 and target > 0:
+            # the first event would prune to init_sparsity and freeze there: the ramp could never run
+            raise ConfigError(f"fix_sparsity=True freezes the masks at the first prune event, so the ramp "
+                              f"(sparse_step={sparse_step!r}) to target_sparsity={target} would stop at "
+                              f"init_sparsity={init}; to keep a loaded model's zeros pass restore_sparsity=True, "
+                              "to prune once to the target and then freeze pass sparse_step=0")
         if l1_strength is not None and not L1_regularization:
             raise ConfigError(f"l1_strength={l1_strength!r} has no effect unless L1_regularization=True")
         strength = 1e-5 if l1_strength is None else l1_strength

@@ -13,7 +13,7 @@ import numpy as np
 
 from prunekit.core.patterns import Layout
 
-__all__ = ["prune_count", "reference_mask", "reference_global_masks", "to_scores", "from_groups"]
+__all__ = ["prune_count", "reference_mask", "reference_global_masks", "to_scores", "from_groups", "block_sums"]
 
 
 def prune_count(sparsity, n):
@@ -36,12 +36,29 @@ def to_scores(weight, layout: Layout):
     if layout.block is not None:
         r, c = layout.block
         rows, cols = x.shape[-2], x.shape[-1]
-        x = x.astype(np.float64).reshape(-1, rows // r, r, cols // c, c)
-        x = np.square(x).sum(axis=(2, 4))
+        x = block_sums(np.square(x.astype(np.float64).reshape(-1, rows // r, r, cols // c, c)))
     else:
         x = np.abs(x.astype(_score_dtype(w.dtype)))
     size = layout.group_size or x.size
     return x.reshape(-1, size)
+
+
+def block_sums(squares):
+    """Sum ``(..., R, r, C, c)`` over the ``r`` and ``c`` axes in THE order every implementation uses: the
+    ``r`` rows of each block column one after another, then the ``c`` column sums one after another.
+
+    Floating-point addition is not associative; numpy's and torch's reductions pick their own orders
+    (pairwise, vectorised), which differ in the last bit for blocks of mixed magnitudes and could flip
+    a near tie. Written out in sequence, numpy, torch and the native C kernel add the same numbers in
+    the same order and agree exactly.
+    """
+    acc = squares[:, :, 0]
+    for a in range(1, squares.shape[2]):
+        acc = acc + squares[:, :, a]
+    total = acc[..., 0]
+    for b in range(1, acc.shape[-1]):
+        total = total + acc[..., b]
+    return total
 
 
 def from_groups(groups, layout: Layout, shape):

@@ -96,8 +96,12 @@ def _default_reason(name, shape, keywords):
     return None
 
 
-def _match_special(names, special):
-    """name -> (target, explicit?) for every parameter a special_sparsity_dict key reaches."""
+def _match_special(names, special, default_reason):
+    """name -> (target, explicit?) for every parameter a special_sparsity_dict key reaches.
+
+    A glob reaches only default-prunable tensors; one that matches names but none of those would do
+    nothing, so it is an error that says why (name them exactly to prune them anyway).
+    """
     result = {}
     for key, target in special.items():
         if not (_GLOB_CHARS & set(key)):
@@ -109,7 +113,13 @@ def _match_special(names, special):
             hits = [n for n in names if fnmatch.fnmatchcase(n, key)]
             if not hits:
                 raise _unknown_key_error(key, names)
-            for n in hits:
+            reachable = [n for n in hits if default_reason(n) is None]
+            if not reachable:
+                why = "; ".join(f"{n!r}: {default_reason(n)}" for n in hits[:3])
+                raise PlanError(f"special_sparsity_dict key {key!r} matches only tensors that stay dense by default "
+                                f"({why}{', ...' if len(hits) > 3 else ''}); a glob applies to prunable tensors "
+                                "only: name a tensor exactly to prune it anyway, or change keywords_no_sparse")
+            for n in reachable:
                 result.setdefault(n, (target, False))
     return result
 
@@ -130,7 +140,9 @@ def resolve_plan(named_shapes, config, named=True):
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise PlanError(f"parameter names must be unique; repeated: {duplicates}")
-    special = _match_special(names, config.special_sparsity_dict)
+    shapes = dict(named_shapes)
+    special = _match_special(names, config.special_sparsity_dict,
+                             lambda n: _default_reason(n, tuple(shapes[n]), config.keywords_no_sparse))
     specs, dense = [], []
     for name, shape in named_shapes:
         shape = tuple(int(d) for d in shape)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from prunekit.core import native
-from prunekit.core.masks import prune_count
+from prunekit.core.masks import block_sums, prune_count
 
 __all__ = ["tensor_mask", "global_masks", "NonFiniteWeights"]
 
@@ -47,8 +47,7 @@ def _scores(weight, layout):
     if layout.block is not None:
         r, c = layout.block
         rows, cols = x.shape[-2], x.shape[-1]
-        x = x.to(_score_dtype(torch.float64, x.device)).reshape(-1, rows // r, r, cols // c, c)
-        x = x.square().sum(dim=(2, 4))
+        x = block_sums(x.to(_score_dtype(torch.float64, x.device)).reshape(-1, rows // r, r, cols // c, c).square())
     else:
         x = x.to(_score_dtype(weight.dtype, x.device)).abs()  # a copy: the weight is never modified
     size = layout.group_size or x.numel()

@@ -287,21 +287,24 @@ class CompiledPruneEvent:
     MIN_SIZE = 1 << 14
     MAX_SIZE = 1 << 30
 
-    def __init__(self):
-        self._counts = torch.compile(_event_counts, dynamic=False, fullgraph=True)
-        self._masks = torch.compile(_event_masks, dynamic=False, fullgraph=True)
-        self._sample = torch.compile(_event_sample, dynamic=False, fullgraph=True)
-        self._groups = torch.compile(_event_groups, dynamic=False, fullgraph=True)
+    def __init__(self, inductor=True):
+        #: whether passes that the native kernels do not make (CUDA, other CPUs) go through inductor; without
+        #: it (the default optimizers) such tensors are left to the eager selection
+        self.inductor = inductor
+        if inductor:
+            self._counts = torch.compile(_event_counts, dynamic=False, fullgraph=True)
+            self._masks = torch.compile(_event_masks, dynamic=False, fullgraph=True)
+            self._sample = torch.compile(_event_sample, dynamic=False, fullgraph=True)
+            self._groups = torch.compile(_event_groups, dynamic=False, fullgraph=True)
         self.events = 0  # events that took the compiled path for at least one tensor
         self.native = True  # on CPU, prefer prunekit.core.native's kernels where they build (tests turn it off)
         self.native_events = 0  # calls (unstructured or grouped) decided by the native kernels
 
-    @classmethod
-    def takes(cls, weight, layout):
+    def takes(self, weight, layout):
         """Whether a weight with this layout can go through the compiled passes for whole tensors."""
-        return (layout.block is None and layout.group_size is None and layout.perm == tuple(range(weight.dim()))
+        return ((self.inductor or self._native_on(weight.device)) and layout.block is None and layout.group_size is None and layout.perm == tuple(range(weight.dim()))
                 and weight.dtype == torch.float32 and weight.is_contiguous()
-                and cls.MIN_SIZE <= weight.numel() < cls.MAX_SIZE)
+                and self.MIN_SIZE <= weight.numel() < self.MAX_SIZE)
 
     def _native_on(self, device):
         return device.type == "cpu" and self.native and native.kernels() is not None
@@ -310,7 +313,7 @@ class CompiledPruneEvent:
         """Whether a weight with this layout (N:M; banks: of up to 8, of any size with the native kernels)
         can go through :meth:`groups`."""
         return (layout.block is None and layout.group_size is not None
-                and (layout.group_size <= 8 or self._native_on(weight.device))
+                and ((layout.group_size <= 8 and self.inductor) or self._native_on(weight.device))
                 and weight.dim() >= 2 and layout.perm == (0,) + tuple(range(2, weight.dim())) + (1,)
                 and weight.shape[1] % layout.group_size == 0
                 and weight.dtype == torch.float32 and weight.is_contiguous() and self.MIN_SIZE <= weight.numel())

@@ -1,13 +1,26 @@
 """The engine that binds the core's decisions (plan, schedule, masks) to torch tensors.
 
 One engine serves every torch entry point: the optimizers, :func:`attach` and the model-level
-:class:`Prune`. Its state (step counter, masks by parameter name, sparsity restored from the
-weights) lives in one plain dict that the owner stores: for optimizers that is
-``optimizer.state["prunekit"]``, so ``state_dict()`` / ``load_state_dict()`` carry the pruning with
-no renamed parameters, hooks or wrapper layers. The dict is replaced, never mutated, on every change,
-so a ``state_dict()`` taken earlier keeps describing its own moment.
+:class:`Prune`. Where its state lives depends on the owner:
+
+* an optimizer (:class:`_OptimizerStore`): each pruned parameter's mask is in that parameter's own
+  optimizer state, ``optimizer.state[p]["prunekit_mask"]`` (a bool tensor shaped like ``p``; the
+  sparsity a restored model started from, ``"prunekit_restored"``, beside it), and the step counter is
+  ``param_group["prunekit_step"]`` in every param group. That is the layout ``state_dict()``,
+  ``torch.distributed.checkpoint``'s ``get/set_optimizer_state_dict``, FSDP and
+  ``ZeroRedundancyOptimizer`` already carry: state keyed by parameter, group keys beside ``lr``.
+  Optimizers such as Adam create a parameter's state on its first update when it is empty
+  (``len(state) == 0``); a mask put there first would stop that, so until the base optimizer has made a
+  parameter's state the mask waits in the engine and ``state_dict()`` adds it (see docs/spec.md).
+* the model-level ``Prune`` (:class:`_DictStore`): one plain dict ``{"step", "masks", "restored"}``.
+
+Between prune events the gradients of pruned entries are zeroed as ``backward()`` accumulates them (a
+post-accumulate-grad hook on each pruned parameter, registered once it has a mask), so gradient
+clipping, logging and GradScaler's inf check see only the kept entries, and element-wise updates
+(SGD, Adam, AdamW) leave pruned weights and their state at exactly 0 without another pass.
 """
 
+import weakref
 from collections import defaultdict
 
 import torch
@@ -18,9 +31,15 @@ from prunekit.core.pruner import HostPruner
 from prunekit.errors import PlanError, PruningRuntimeError
 from prunekit.torch import _select
 
-__all__ = ["PruningEngine", "STATE_KEY", "zero_pruned_", "mask_nbytes"]
+__all__ = ["PruningEngine", "STATE_KEY", "MASK_KEY", "RESTORED_KEY", "STEP_KEY", "MASKED_KEY", "zero_pruned_", "mask_nbytes"]
 
+#: the model-level ``Prune``'s state key (and, before prunekit 0.2, the optimizers': migrated on load)
 STATE_KEY = "prunekit"
+MASK_KEY = "prunekit_mask"
+RESTORED_KEY = "prunekit_restored"
+STEP_KEY = "prunekit_step"
+MASKED_KEY = "prunekit_masked"
+_OWN_KEYS = (MASK_KEY, RESTORED_KEY)
 
 
 _SAME_SIZE_INT = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
@@ -47,71 +66,402 @@ def zero_pruned_(tensors, masks):
         torch._foreach_mul_(ts, ms)
 
 
+class _DictStore:
+    """The model-level ``Prune``'s state: ``owner.state["prunekit"] = {"step", "masks", "restored"}``,
+    replaced (never mutated) on every change, so a ``state_dict()`` taken earlier keeps its moment."""
+
+    def __init__(self, owner):
+        self._owner = owner
+
+    def _get(self):
+        return self._owner.state.get(STATE_KEY, {"step": 0, "masks": {}, "restored": {}})
+
+    def _set(self, **changes):
+        state = dict(self._get())
+        state.update(changes)
+        self._owner.state[STATE_KEY] = state
+
+    def start(self):
+        pass
+
+    def step(self):
+        return self._get()["step"]
+
+    def set_step(self, value):
+        self._set(step=value)
+
+    def masks(self):
+        return dict(self._get()["masks"])
+
+    def restored(self):
+        return dict(self._get()["restored"])
+
+    def put(self, masks=None, restored=None):
+        if masks:
+            self._set(masks={**self._get()["masks"], **masks})
+        if restored is not None:
+            self._set(restored={**self._get()["restored"], **restored})
+
+    def settle(self):
+        pass
+
+    def loaded(self, engine):
+        """After ``load_state_dict``: ``(step, masks, restored)`` as loaded (checked by the engine)."""
+        state = self._get()
+        return int(state.get("step", 0)), dict(state.get("masks", {})), dict(state.get("restored", {}))
+
+    def store_loaded(self, step, masks, restored):
+        self._owner.state[STATE_KEY] = {"step": step, "masks": masks, "restored": restored}
+
+
+class _OptimizerStore:
+    """Pruning state inside the optimizer's own state (see the module doc).
+
+    Every key exists from construction on, so that a freshly built optimizer's ``state_dict()`` (the
+    template ``torch.distributed.checkpoint`` loads into, in place) names everything a checkpoint holds:
+    each mask is all True and ``prunekit_restored`` 0.0 until they mean something, and the group key
+    ``prunekit_masked`` says whether the masks exist yet (the first prune event or restore sets it).
+    """
+
+    def __init__(self, optimizer, params, lazy_init):
+        self._opt = optimizer
+        self._params = params          # {name: parameter} of the planned tensors
+        self._lazy = lazy_init         # the base creates a parameter's state only when it is empty
+        self._pending = {}             # name -> {key: value}, until the base has made that state
+
+    def start(self):
+        self.store_loaded(0, {}, {}, masked=False)
+
+    def step(self):
+        for group in self._opt.param_groups:
+            if STEP_KEY in group:
+                return group[STEP_KEY]
+        return 0
+
+    def set_step(self, value):
+        for group in self._opt.param_groups:
+            group[STEP_KEY] = value
+
+    def _masked(self):
+        return any(group.get(MASKED_KEY, False) for group in self._opt.param_groups)
+
+    def _set_masked(self, value):
+        for group in self._opt.param_groups:
+            group[MASKED_KEY] = value
+
+    def _value(self, name, key):
+        pending = self._pending.get(name)
+        if pending is not None and key in pending:
+            return pending[key]
+        state = self._opt.state.get(self._params[name])
+        return None if state is None else state.get(key)
+
+    def masks(self):
+        if not self._masked():
+            return {}
+        out = {}
+        for name in self._params:
+            mask = self._value(name, MASK_KEY)
+            if mask is not None:
+                out[name] = mask
+        return out
+
+    def restored(self):
+        out = {}
+        for name in self._params:
+            value = self._value(name, RESTORED_KEY)
+            if value is not None:
+                out[name] = float(value)
+        return out
+
+    def _put(self, name, key, value):
+        p = self._params[name]
+        state = self._opt.state.get(p)
+        if state or not self._lazy:
+            state = self._opt.state[p]
+            if name in self._pending:  # the base made this state since: what waited moves in first
+                state.update(self._pending.pop(name))
+            state[key] = value
+        else:
+            self._pending.setdefault(name, {})[key] = value
+
+    def put(self, masks=None, restored=None):
+        for name, mask in (masks or {}).items():
+            self._put(name, MASK_KEY, mask)
+        for name, value in (restored or {}).items():
+            self._put(name, RESTORED_KEY, float(value))
+        if masks:
+            self._set_masked(True)
+
+    def settle(self):
+        """Move waiting entries into parameter states the base optimizer has made since."""
+        for name in list(self._pending):
+            state = self._opt.state.get(self._params[name])
+            if state:
+                state.update(self._pending.pop(name))
+
+    def pack(self, state_dict):
+        """Complete an ``Optimizer.state_dict()``: waiting entries added, and the per-parameter dicts that
+        hold masks copied, so later events (which replace masks) do not change this snapshot."""
+        index = {id(p): i for i, p in enumerate(p for g in self._opt.param_groups for p in g["params"])}
+        packed = state_dict["state"]
+        for name, p in self._params.items():
+            i = index.get(id(p))
+            if i is None:
+                continue
+            entry, pending = packed.get(i), self._pending.get(name)
+            if pending or (entry is not None and MASK_KEY in entry):
+                packed[i] = {**(entry or {}), **(pending or {})}
+        return state_dict
+
+    def loaded(self, engine):
+        """After ``load_state_dict``: ``(step, masks, restored)`` as loaded (masks only if they exist).
+
+        A per-parameter state that holds only prunekit's entries goes back to waiting (its base state was
+        never made); a checkpoint written before masks moved into the parameter states (a string key
+        ``"prunekit"`` in ``state``) is read and converted.
+        """
+        self._pending = {}
+        legacy = self._opt.state.pop(STATE_KEY, None)
+        own = {id(p) for p in self._params.values()}
+        names = {id(p): n for n, p in engine._params.items()}
+        for p, state in list(self._opt.state.items()):
+            if torch.is_tensor(p) and id(p) not in own and isinstance(state, dict) and MASK_KEY in state:
+                name = names.get(id(p), f"a parameter of shape {tuple(p.shape)}")
+                raise PlanError(f"loaded pruning state has a mask for {name!r}, which this optimizer's plan does "
+                                f"not prune; plan: {engine.plan.names}")
+        masked = self._masked()
+        masks, restored = {}, {}
+        for name, p in self._params.items():
+            state = self._opt.state.get(p)
+            if not state:
+                continue
+            if MASK_KEY in state and masked:
+                masks[name] = state[MASK_KEY]
+            if RESTORED_KEY in state:
+                restored[name] = float(state[RESTORED_KEY])
+            for key in _OWN_KEYS:
+                state.pop(key, None)
+            if not state:
+                del self._opt.state[p]
+        if isinstance(legacy, dict):
+            masks = dict(legacy.get("masks", {}))
+            restored = dict(legacy.get("restored", {}))
+            unknown = sorted(set(masks) - set(self._params))
+            if unknown:
+                raise PlanError(f"loaded pruning state has masks for {unknown}, which this optimizer's plan does "
+                                f"not prune; plan: {engine.plan.names}")
+            return int(legacy.get("step", 0)), masks, restored
+        return int(self.step()), masks, restored
+
+    def store_loaded(self, step, masks, restored, masked=None):
+        """Write a whole state: masks where given (all True where not), restored sparsities (0.0 where not)."""
+        for name, p in self._params.items():
+            self._put(name, MASK_KEY, masks[name] if name in masks else torch.ones_like(p, dtype=torch.bool))
+            self._put(name, RESTORED_KEY, float(restored.get(name, 0.0)))
+        self.set_step(step)
+        self._set_masked(bool(masks) if masked is None else masked)
+
+
+class _GradMask:
+    """The post-accumulate-grad hook of one pruned parameter: zero its pruned entries' gradient.
+
+    Holds the engine weakly: an optimizer that is gone leaves a no-op behind, not a live mask."""
+
+    def __init__(self, engine, name):
+        self._engine = weakref.ref(engine)
+        self._name = name
+
+    def __call__(self, param):
+        engine = self._engine()
+        if engine is not None:
+            engine._mask_grad(self._name, param)
+
+
 class PruningEngine:
     """Schedule, plan and masks for a set of named torch parameters.
 
     Args:
         named_params: ``[(name, parameter), ...]`` in a stable order.
         config: a validated :class:`prunekit.core.PruneConfig`.
-        owner: the object whose ``state`` dict holds this engine's state under ``"prunekit"`` (an
-            optimizer's ``state`` is replaced by ``load_state_dict``, so it is looked up anew).
+        owner: the object that holds the state: an optimizer (``optimizer is owner``: state inside its
+            per-parameter state and param groups), or the model-level ``Prune`` (a dict in ``owner.state``).
         optimizer: the optimizer whose per-parameter state (``optimizer.state[p]``) is zeroed with the
             masks at prune events, or None.
         named: False when the names are placeholders (then name-based options are errors).
+        lazy_state: the optimizer makes a parameter's state on its first update only when it is empty
+            (Adam, RMSprop and most others; not SGD).
     """
 
-    def __init__(self, named_params, config, owner, optimizer=None, named=True):
+    def __init__(self, named_params, config, owner, optimizer=None, named=True, lazy_state=True):
         self.config = config
         self.schedule = config.schedule
         self._params = dict(named_params)
-        self._owner = owner
         self._optimizer = optimizer
         self.plan = resolve_plan([(n, tuple(p.shape)) for n, p in named_params], config, named=named)
         self._specs = [(spec, self._params[spec.name]) for spec in self.plan]
+        if optimizer is not None and owner is optimizer:
+            self._store = _OptimizerStore(optimizer, {s.name: p for s, p in self._specs}, lazy_state)
+        else:
+            self._store = _DictStore(owner)
         # the core's decisions (which steps are events, which sparsity each aims at); the masks
         # themselves are computed here, on the parameters' devices
         self._decide = HostPruner(self.plan, config)
-        #: a :class:`prunekit.torch.compiled.CompiledPruneEvent`, or None for the eager selection
+        if self.active:
+            self._store.start()
+        #: a :class:`prunekit.torch.compiled.CompiledPruneEvent` (native kernels, maybe inductor), or None
         self.compiled_event = None
-        self._deferred = set()  # names whose zeroing a deferred event left to the update
+        self._fresh()
+
+    def _fresh(self):
+        """What does not survive a copy: hooks, caches, records of what was checked."""
+        self._deferred = set()   # names whose zeroing a deferred event left to the update
+        self._masks = None       # cache of the store's masks (refreshed whenever they change)
+        self._hooks = {}         # name -> hook handle
+        self._grad_ok = {}       # name -> (weakref to the grad, its version) once masked
+        self._clean = {}         # name -> (version, data_ptr) of a parameter known to hold its zeros
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for key in ("_deferred", "_masks", "_hooks", "_grad_ok", "_clean"):
+            state.pop(key)
+        state["compiled_event"] = None if self.compiled_event is None else type(self.compiled_event)
+        state["_compiled_inductor"] = getattr(self.compiled_event, "inductor", True)
+        return state
+
+    def __setstate__(self, state):
+        kind = state.pop("compiled_event")
+        inductor = state.pop("_compiled_inductor", True)
+        self.__dict__.update(state)
+        self.compiled_event = None if kind is None else kind(inductor=inductor)
+        self._fresh()
 
     # -- state -------------------------------------------------------------------------------------
     @property
-    def state(self):
-        return self._owner.state.get(STATE_KEY, {"step": 0, "masks": {}, "restored": {}})
-
-    def _set_state(self, **changes):
-        state = dict(self.state)
-        state.update(changes)
-        self._owner.state[STATE_KEY] = state
-
-    @property
     def step_count(self):
         """Completed steps (updates) so far."""
-        return self.state["step"]
+        return self._store.step()
 
     @property
     def masks(self):
         """``{name: bool tensor}`` (True = kept); empty until the first prune event or restore."""
-        return self.state["masks"]
+        if self._masks is None:
+            self._masks = self._store.masks()
+        return self._masks
+
+    @property
+    def state(self):
+        """``{"step", "masks", "restored"}``: a read-only view of the pruning state, wherever it lives."""
+        return {"step": self.step_count, "masks": dict(self.masks), "restored": self._store.restored()}
+
+    def pack_state_dict(self, state_dict):
+        """An optimizer's ``state_dict()`` completed with masks still waiting in the engine."""
+        return self._store.pack(state_dict) if isinstance(self._store, _OptimizerStore) else state_dict
 
     def check_loaded_state(self):
-        """After a load: masks must match the plan; move them onto their parameters' devices."""
-        if STATE_KEY not in self._owner.state:
+        """After a load: masks must match the plan; move them onto their parameters' devices; zero what
+        they prune in the weights' optimizer state (checkpoints of older versions let it grow)."""
+        if not self.active:
             return
-        state = self.state
-        masks = {}
-        for name, mask in state.get("masks", {}).items():
+        step, masks, restored = self._store.loaded(self)
+        self._masks = None
+        self._grad_ok, self._clean, self._deferred = {}, {}, set()
+        fixed = {}
+        for name, mask in masks.items():
             if name not in self.plan.names:
                 raise PlanError(f"loaded pruning state has a mask for {name!r}, which this optimizer's plan "
                                 f"does not prune; plan: {self.plan.names}")
             p = self._params[name]
-            if tuple(mask.shape) != tuple(p.shape):
-                raise PlanError(f"loaded mask for {name!r} has shape {tuple(mask.shape)}; the parameter has "
-                                f"{tuple(p.shape)}")
-            masks[name] = mask.to(device=p.device, dtype=torch.bool)
-        self._owner.state[STATE_KEY] = {"step": int(state.get("step", 0)), "masks": masks,
-                                    "restored": dict(state.get("restored", {}))}
+            if not torch.is_tensor(mask) or tuple(mask.shape) != tuple(p.shape):
+                shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
+                raise PlanError(f"loaded mask for {name!r} has shape {shape}; the parameter has {tuple(p.shape)}")
+            fixed[name] = mask.to(device=p.device, dtype=torch.bool)
+        self._store.store_loaded(step, fixed, restored)
+        self._masks = None
+        pairs = [(t, fixed[s.name]) for s, p in self._specs if s.name in fixed for t in self._state_tensors(p)]
+        if pairs:
+            zero_pruned_(*zip(*pairs))
+        self.sync_hooks()
+
+    # -- gradients ---------------------------------------------------------------------------------
+    @property
+    def masks_grads(self):
+        """Whether gradients of pruned entries are zeroed (magnitude pruning: a pruned entry never returns)."""
+        return True
+
+    def sync_hooks(self):
+        """A gradient-masking hook on every parameter that has a mask (once each)."""
+        if not self.masks_grads:
+            return
+        masks = self.masks
+        for spec, p in self._specs:
+            if spec.name in masks and spec.name not in self._hooks and p.requires_grad:
+                self._hooks[spec.name] = p.register_post_accumulate_grad_hook(_GradMask(self, spec.name))
+
+    def remove_hooks(self):
+        """Take this engine's gradient hooks off the parameters (e.g. before handing the model to another
+        optimizer while this one is still referenced)."""
+        for handle in self._hooks.values():
+            handle.remove()
+        self._hooks = {}
+
+    @torch.no_grad()
+    def _mask_grad(self, name, p):
+        mask = self.masks.get(name)
+        grad = p.grad
+        if mask is None or grad is None:
+            return
+        if grad.is_sparse:
+            p.grad = _masked_sparse(grad, mask)
+        elif grad.requires_grad or grad.shape != mask.shape:
+            p.grad = grad * mask
+        else:
+            zero_pruned_([grad], [mask])
+        self._grad_ok[name] = (weakref.ref(p.grad), p.grad._version)
+
+    @torch.no_grad()
+    def mask_grads(self):
+        """Zero the gradients of pruned entries that no hook has zeroed since they were last written
+        (set by hand, changed in place, or before this engine's hooks existed)."""
+        masks, dense, dense_masks = self.masks, [], []
+        for spec, p in self._specs:
+            mask, grad = masks.get(spec.name), p.grad
+            if mask is None or grad is None:
+                continue
+            ok = self._grad_ok.get(spec.name)
+            if ok is not None and ok[0]() is grad and grad._version == ok[1]:
+                continue
+            if grad.is_sparse or grad.requires_grad:
+                self._mask_grad(spec.name, p)
+            else:
+                dense.append(grad)
+                dense_masks.append(mask)
+        if dense:
+            zero_pruned_(dense, dense_masks)
+            for spec, p in self._specs:
+                if p.grad is not None and any(p.grad is g for g in dense):
+                    self._grad_ok[spec.name] = (weakref.ref(p.grad), p.grad._version)
+
+    @torch.no_grad()
+    def add_l1(self, grad_scale=None):
+        """``l1_strength * sign(w)`` added to the gradients of the prunable tensors (times the GradScaler's
+        scale when the optimizer unscales inside its step)."""
+        strength = self.config.l1_strength
+        for _, p in self._specs:
+            grad = p.grad
+            if grad is None:
+                continue
+            if grad.is_sparse:  # only the rows the gradient holds: L1 on an embedding is applied lazily
+                grad = grad.coalesce()
+                index = tuple(grad.indices())
+                pull = torch.sign(p.detach()[index]) * strength
+                if grad_scale is not None:
+                    pull = pull * grad_scale
+                p.grad = torch.sparse_coo_tensor(grad.indices(), grad.values() + pull, grad.shape).coalesce()
+            elif grad_scale is not None:
+                grad.add_(torch.sign(p.detach()) * (grad_scale * strength))
+            else:
+                grad.add_(torch.sign(p.detach()), alpha=strength)
 
     # -- the step ----------------------------------------------------------------------------------
     @property
@@ -130,46 +480,64 @@ class PruningEngine:
         optimizer state is left to the update (a compiled step masks both) or to
         :meth:`flush_deferred`, which the caller must run before any other update.
         """
-        if self.config.restore_sparsity and not self.masks and self.step_count == 0:
+        if self._hooks == {} and self.masks:
+            self.sync_hooks()  # after a copy or unpickling
+        if self.config.restore_sparsity and not self.masks:
             self.restore()
         if self._event_due():
             self.prune_event(defer=defer)
 
     @torch.no_grad()
     def flush_deferred(self, weights=True):
-        """Zero what the last deferred event pruned: optimizer state, and weights unless ``weights=False``
-        (for an element-wise update that :meth:`after_update` masks right after)."""
+        """Zero what the last deferred event pruned: optimizer state, gradients, and weights unless
+        ``weights=False`` (for an update that :meth:`after_update` masks right after)."""
         names, self._deferred = self._deferred, set()
         masks = self.masks
         pairs = [(t, masks[s.name]) for s, p in self._specs if s.name in names
                  for t in ([p] if weights else []) + self._state_tensors(p)]
         if pairs:
             zero_pruned_(*zip(*pairs))
+        for name in names:
+            self._grad_ok.pop(name, None)  # the gradient was masked with the old mask, if at all
+            if weights:
+                self._note_clean(name)
 
     @torch.no_grad()
-    def process_grads(self, mask_grads):
-        """L1 pull toward zero and, for layer-wise optimizers, zero gradients of pruned entries."""
-        if self.config.L1_regularization:
-            for spec, p in self._specs:
-                if p.grad is not None:
-                    p.grad.add_(torch.sign(p.detach()), alpha=self.config.l1_strength)
-        if mask_grads and self.masks:
-            pairs = [(p.grad, self.masks[s.name]) for s, p in self._specs
-                     if p.grad is not None and s.name in self.masks and not p.grad.is_sparse]
-            if pairs:
-                zero_pruned_(*zip(*pairs))
+    def clean_weights(self):
+        """Zero pruned weights changed outside the optimizer since its last step (a load, a manual edit)."""
+        masks, pairs, names = self.masks, [], []
+        for spec, p in self._specs:
+            mask = masks.get(spec.name)
+            if mask is None:
+                continue
+            seen = self._clean.get(spec.name)
+            if seen is None or seen != (p._version, p.data_ptr()):
+                pairs.append((p, mask))
+                names.append(spec.name)
+        if pairs:
+            zero_pruned_(*zip(*pairs))
+            for name in names:
+                self._note_clean(name)
+
+    def _note_clean(self, name):
+        p = self._params[name]
+        self._clean[name] = (p._version, p.data_ptr())
 
     @torch.no_grad()
     def after_update(self, masked=False):
-        """Pruned entries back to exactly 0.0 (unless the update did it already), then count the step.
+        """Pruned entries back to exactly 0.0 (unless the update kept them there), then count the step.
 
-        ``masked``: the update zeroed pruned weights and their optimizer state itself (compiled step).
+        ``masked``: the update left pruned weights and their optimizer state at 0 itself (a compiled
+        step; an element-wise update of clean weights with masked gradients).
         """
-        if masked:
-            self._deferred = set()
-        else:
+        self._deferred = set()
+        if not masked:
             self.apply_masks()
-        self._set_state(step=self.step_count + 1)
+        else:
+            for name in self.masks:
+                self._note_clean(name)
+        self._store.set_step(self.step_count + 1)
+        self._store.settle()
 
     def masks_by_param(self):
         """``{parameter: mask}`` for the tensors that have masks."""
@@ -182,6 +550,9 @@ class PruningEngine:
         pairs = [(p, masks[s.name]) for s, p in self._specs if s.name in masks]
         if pairs:
             zero_pruned_(*zip(*pairs))
+            for spec, _ in self._specs:
+                if spec.name in masks:
+                    self._note_clean(spec.name)
 
     # -- prune events ------------------------------------------------------------------------------
     def _non_finite(self, names):
@@ -190,24 +561,24 @@ class PruningEngine:
 
     @torch.no_grad()
     def prune_event(self, defer=False):
-        """Recompute every mask at the current step, zero pruned weights and their optimizer state
-        (``defer``: see :meth:`before_update`)."""
-        step, old = self.step_count, self.masks
-        new, grouped = self._compiled_masks(step, old, zero=not defer)
+        """Recompute every mask at the current step, zero pruned weights, their gradients and optimizer
+        state (``defer``: see :meth:`before_update`)."""
+        step, old, restored = self.step_count, self.masks, self._store.restored()
+        new, grouped = self._compiled_masks(step, old, restored, zero=not defer)
         zeroed = set(new)  # the compiled whole-tensor pass zeroed these already (unless deferred)
         new.update(grouped)
         global_specs = [(s, p) for s, p in self._specs if s.pattern.is_global]
         for spec, p in self._specs:
             if spec.pattern.is_global or spec.name in new:
                 continue
-            sparsity = self._decide.sparsity_at(step, [spec.name], self.state["restored"])
+            sparsity = self._decide.sparsity_at(step, [spec.name], restored)
             try:
                 new[spec.name] = _select.tensor_mask(p, sparsity, spec.pattern, old.get(spec.name))
             except _select.NonFiniteWeights:
                 raise self._non_finite([spec.name]) from None
         if global_specs:
             names = [s.name for s, _ in global_specs]
-            sparsity = self._decide.sparsity_at(step, names, self.state["restored"])
+            sparsity = self._decide.sparsity_at(step, names, restored)
             priors = [old[n] for n in names] if all(n in old for n in names) else None
             try:
                 masks = _select.global_masks([p for _, p in global_specs], sparsity, priors)
@@ -215,23 +586,28 @@ class PruningEngine:
                 raise self._non_finite(names) from None
             new.update(zip(names, masks))
         if defer:
-            self._set_state(masks={**self.masks, **new})
+            self._store.put(masks=new)
+            self._masks = None
             self._deferred = set(new)
+            for name in new:
+                self._grad_ok.pop(name, None)  # masked with the old mask, if at all
+            self.sync_hooks()
         else:
             self._install(new, zeroed=zeroed)
 
-    def _compiled_masks(self, step, old, zero):
+    def _compiled_masks(self, step, old, restored, zero):
         """Masks by name from the compiled event: ``(whole tensors, weights and state already zeroed unless
-        not ``zero``; grouped patterns, nothing zeroed)``."""
+        not ``zero``; grouped patterns, nothing zeroed)``. Tensors on different devices go separately."""
         compiled = self.compiled_event
         if compiled is None:
             return {}, {}
-        items, names, groups, group_names, blocks, block_names = [], [], [], [], [], []
+        by_device = defaultdict(lambda: ([], [], [], [], [], []))
         for spec, p in self._specs:
             if spec.pattern.is_global:
                 continue
+            items, names, groups, group_names, blocks, block_names = by_device[p.device]
             layout = spec.pattern.layout(tuple(p.shape))
-            sparsity = self._decide.sparsity_at(step, [spec.name], self.state["restored"])
+            sparsity = self._decide.sparsity_at(step, [spec.name], restored)
             if compiled.takes_groups(p, layout):
                 groups.append((p, prune_count(sparsity, layout.group_size), old.get(spec.name), layout))
                 group_names.append(spec.name)
@@ -247,9 +623,11 @@ class PruningEngine:
             if 0 < count < p.numel() and all(s.is_contiguous() for s in states):
                 items.append((p, count, old.get(spec.name), states))
                 names.append(spec.name)
-        done = {names[i]: mask for i, mask in compiled(items, zero_weights=zero).items()}
-        grouped = {group_names[i]: mask for i, mask in compiled.groups(groups).items()}
-        grouped.update((block_names[i], mask) for i, mask in compiled.blocks(blocks).items())
+        done, grouped = {}, {}
+        for items, names, groups, group_names, blocks, block_names in by_device.values():
+            done.update((names[i], mask) for i, mask in compiled(items, zero_weights=zero).items())
+            grouped.update((group_names[i], mask) for i, mask in compiled.groups(groups).items())
+            grouped.update((block_names[i], mask) for i, mask in compiled.blocks(blocks).items())
         return done, grouped
 
     def _state_tensors(self, p):
@@ -266,25 +644,32 @@ class PruningEngine:
         for spec, p in self._specs:
             masks[spec.name] = p.detach() != 0
             restored[spec.name] = 1.0 - int(masks[spec.name].sum()) / max(1, p.numel())
-        self._set_state(restored=restored)
+        self._store.put(restored=restored)
         self._install(masks)
 
     def _install(self, masks, zeroed=()):
-        """Store ``masks``; zero what they prune in the weights and optimizer state, except for the
-        tensors in ``zeroed`` (done already)."""
-        merged = dict(self.masks)
-        merged.update(masks)
-        self._set_state(masks=merged)
+        """Store ``masks``; zero what they prune in the weights, gradients and optimizer state, except
+        the weights and state of the tensors in ``zeroed`` (done already)."""
+        self._store.put(masks=masks)
+        self._masks = None
         tensors, tensor_masks = [], []
         for spec, p in self._specs:
             mask = masks.get(spec.name)
-            if mask is None or spec.name in zeroed:
+            if mask is None:
                 continue
-            for t in [p] + self._state_tensors(p):
+            targets = [] if spec.name in zeroed else [p] + self._state_tensors(p)
+            if p.grad is not None and not p.grad.is_sparse and not p.grad.requires_grad:
+                targets.append(p.grad)
+            for t in targets:
                 tensors.append(t)
                 tensor_masks.append(mask)
         if tensors:
             zero_pruned_(tensors, tensor_masks)
+        for spec, p in self._specs:
+            if spec.name in masks:
+                self._grad_ok.pop(spec.name, None)
+                self._note_clean(spec.name)
+        self.sync_hooks()
 
     # -- reports -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -296,6 +681,16 @@ class PruningEngine:
             per[spec.name] = z / max(1, p.numel())
             zeros, total = zeros + z, total + p.numel()
         return per, (zeros / total if total else 0.0)
+
+
+def _masked_sparse(grad, mask):
+    """A sparse COO gradient with the entries of pruned weights removed (values zeroed)."""
+    grad = grad.coalesce()
+    index = tuple(grad.indices())
+    kept = mask[index]
+    if kept.dim() < grad.values().dim():
+        kept = kept.reshape(kept.shape + (1,) * (grad.values().dim() - kept.dim()))
+    return torch.sparse_coo_tensor(grad.indices(), grad.values() * kept, grad.shape).coalesce()
 
 
 def mask_nbytes(engine):

@@ -13,8 +13,10 @@ element-wise update gets them zeroed by the masking after it, saving a pass).
 """
 
 import difflib
+import functools
 import inspect
 import warnings
+import weakref
 
 import torch
 
@@ -48,16 +50,38 @@ def _names_from(param_name, param_groups):
     return [(by_id[id(p)], p) for p in ordered], True
 
 
+def _unhooked(fn):
+    """``fn`` without torch's ``profile_hook_step`` wrappers (which run the step hooks)."""
+    while getattr(fn, "hooked", False) and hasattr(fn, "__wrapped__"):
+        fn = fn.__wrapped__
+    return fn
+
+
+def _all_lr_zero(groups):
+    for group in groups:
+        lr = group.get("lr")
+        if lr is None or (float(lr) if not torch.is_tensor(lr) else float(lr.detach().cpu())) != 0.0:
+            return False
+    return True
+
+
 class SparseOptimizerMixin:
     """Adds pruning to a ``torch.optim.Optimizer`` subclass. Put it first in the bases."""
 
-    #: Zero gradients of pruned entries before the base update (needed when the update mixes entries).
-    _prunekit_mask_grads = True
+    #: The base update is element-wise (SGD, Adam, AdamW): with pruned weights, gradients and state at 0,
+    #: it leaves pruned entries at exactly 0 by itself, so no pass over the weights follows it. An
+    #: optimizer attached with :func:`attach` may mix entries (LAMB, LARS): its weights are masked after.
+    _prunekit_elementwise = False
+    #: The base creates a parameter's state only when it is empty (``len(state) == 0``, Adam and most
+    #: others): masks wait in the engine until it has (see ``prunekit.torch.engine``). True for SGD too,
+    #: whose state ``torch.distributed.checkpoint`` creates with a step of its own only while it is empty.
+    _prunekit_lazy_state = True
 
     def _prunekit_setup(self, param_name, prune_kwargs):
         config = PruneConfig.from_kwargs(**prune_kwargs)
         named, has_names = _names_from(param_name, self.param_groups)
-        self._prunekit = PruningEngine(named, config, owner=self, optimizer=self, named=has_names)
+        self._prunekit = PruningEngine(named, config, owner=self, optimizer=self, named=has_names,
+                                       lazy_state=self._prunekit_lazy_state)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
@@ -69,7 +93,23 @@ class SparseOptimizerMixin:
     def __getstate__(self):
         state = super().__getstate__()
         state["_prunekit"] = self._prunekit
+        state["_prunekit_compile"] = getattr(self, "_prunekit_compiled", None) is not None
         return state
+
+    def __setstate__(self, state):
+        compile_step = state.pop("_prunekit_compile", False)
+        super().__setstate__(state)
+        if compile_step:
+            _compile(self, True, _COMPILED_STEP[type(self).__name__], event=False)
+
+    def __reduce_ex__(self, protocol):
+        cls = type(self)
+        if _ATTACHED.get(cls.__mro__[2]) is cls:  # a class made by attach(): rebuilt from its base
+            return _rebuild_attached, (cls.__mro__[2],), self.__getstate__()
+        return super().__reduce_ex__(protocol)
+
+    def state_dict(self):
+        return self._prunekit.pack_state_dict(super().state_dict())
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
@@ -89,34 +129,67 @@ class SparseOptimizerMixin:
         """``(per_tensor: dict[name, float], total: float)`` measured on the weights."""
         return self._prunekit.sparsity()
 
+    def _base_step(self, closure=None):
+        """The base optimizer's own ``step``, without running the step hooks a second time."""
+        cls = type(self)
+        fn = _BASE_STEP.get(cls)
+        if fn is None:
+            mro = cls.__mro__
+            base = next(k for k in mro[mro.index(SparseOptimizerMixin) + 1:] if "step" in k.__dict__)
+            fn = _BASE_STEP[cls] = _unhooked(base.__dict__["step"])
+        return fn(self, closure)
+
+    def _skipped_step(self):
+        """True when this step changes nothing the schedule should count: a fused optimizer told by
+        GradScaler that the gradients hold inf/NaN (it skips the update itself), or the zero-gradient,
+        zero-learning-rate step ``torch.distributed.checkpoint`` runs to create optimizer state."""
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and bool(found_inf.sum() > 0 if torch.is_tensor(found_inf) else found_inf):
+            return True
+        if _all_lr_zero(self.param_groups):
+            grads = [p.grad for g in self.param_groups for p in g["params"] if p.requires_grad]
+            return bool(grads) and all(gr is not None and not gr.is_sparse and not gr.any() for gr in grads)
+        return False
+
     def step(self, closure=None):
         engine = self._prunekit
-        if not engine.active:
-            return super().step(closure)
+        if not engine.active or self._skipped_step():
+            return self._base_step(closure)
         # an event's zeroing waits until it is known how the update runs (a compiled step does it)
         engine.before_update(defer=closure is None)
         compiled = getattr(self, "_prunekit_compiled", None)
         if compiled is not None and closure is None and not engine.config.L1_regularization:
+            engine.mask_grads()
             if compiled(self, engine.masks_by_param()):
                 engine.after_update(masked=True)
                 return None
-        mask_grads = self._prunekit_mask_grads
-        # an element-wise update is masked right after (after_update): only the state needs zeroing now
-        engine.flush_deferred(weights=mask_grads)
-        needs_grads = mask_grads or engine.config.L1_regularization
+        engine.flush_deferred()
+        elementwise = self._prunekit_elementwise
+        if elementwise:
+            engine.clean_weights()
+        l1 = engine.config.L1_regularization
+        grad_scale = getattr(self, "grad_scale", None)
+
+        def prepare():
+            engine.mask_grads()
+            if l1:
+                engine.add_l1(grad_scale)
+
         if closure is None:
-            if needs_grads:
-                engine.process_grads(mask_grads)
-            loss = super().step()
+            prepare()
+            loss = self._base_step()
         else:
             def processed_closure():
                 result = closure()
-                if needs_grads:
-                    engine.process_grads(mask_grads)
+                prepare()
                 return result
-            loss = super().step(processed_closure)
-        engine.after_update()
+            loss = self._base_step(processed_closure)
+        engine.after_update(masked=elementwise)
         return loss
+
+
+_BASE_STEP = {}
+_COMPILED_STEP = {"SGDSparse": "CompiledSGDStep", "AdamSparse": "CompiledAdamStep", "AdamWSparse": "CompiledAdamStep"}
 
 
 def _check_keywords(base, base_kwargs):
@@ -129,8 +202,18 @@ def _check_keywords(base, base_kwargs):
                                 f"and the pruning arguments {list(PRUNE_ARGUMENTS)}")
 
 
-def _init_sparse(self, base, params, param_name, kwargs):
+def _init_sparse(self, base, params, param_name, args, kwargs):
     prune_kwargs, base_kwargs = PruneConfig.split_kwargs(kwargs)
+    if args:  # torch.optim's positional order: SGD(params, lr, momentum, dampening, weight_decay, nesterov)
+        names = [n for n, prm in inspect.signature(base.__init__).parameters.items()
+                 if prm.kind == prm.POSITIONAL_OR_KEYWORD and n not in ("self", "params", "lr")]
+        if len(args) > len(names):
+            raise PrunekitTypeError(f"{type(self).__name__} takes at most {len(names) + 2} positional arguments "
+                                    f"(params, lr, {', '.join(names)}); got {len(args) + 2}")
+        for name, value in zip(names, args):
+            if name in base_kwargs:
+                raise PrunekitTypeError(f"{type(self).__name__} got {name!r} both by position and by keyword")
+            base_kwargs[name] = value
     _check_keywords(base, base_kwargs)
     if param_name is not None:
         param_name = list(param_name)
@@ -139,14 +222,18 @@ def _init_sparse(self, base, params, param_name, kwargs):
     self._prunekit_setup(param_name, prune_kwargs)
 
 
-def _compile(optimizer, compile_step, step_class):
-    """``compile_step=True``: the compiled step (``prunekit.torch.compiled``) and compiled prune events."""
+def _compile(optimizer, compile_step, step_class, event=True):
+    """The prune-event kernels every CPU optimizer gets (``prunekit.core.native``, when they build), and
+    with ``compile_step=True`` the compiled step and inductor's event passes (``prunekit.torch.compiled``)."""
     if not isinstance(compile_step, bool):
         raise PrunekitTypeError(f"compile_step must be True or False; got {compile_step!r}")
+    if not optimizer._prunekit.active:
+        return
+    from prunekit.torch import compiled
     if compile_step:
-        from prunekit.torch import compiled
         optimizer._prunekit_compiled = getattr(compiled, step_class)()
-        optimizer._prunekit.compiled_event = compiled.CompiledPruneEvent()
+    if event:
+        optimizer._prunekit.compiled_event = compiled.CompiledPruneEvent(inductor=compile_step)
 
 
 class SGDSparse(SparseOptimizerMixin, torch.optim.SGD):
@@ -176,36 +263,30 @@ class SGDSparse(SparseOptimizerMixin, torch.optim.SGD):
         0.75
     """
 
-    _prunekit_mask_grads = False
+    _prunekit_elementwise = True
 
     def __init__(self, params, lr=1e-3, *args, param_name=None, compile_step=False, **kwargs):
-        if args:
-            raise PrunekitTypeError("pass SGDSparse arguments after lr by keyword (momentum=..., ...)")
-        _init_sparse(self, torch.optim.SGD, params, param_name, dict(kwargs, lr=lr))
+        _init_sparse(self, torch.optim.SGD, params, param_name, args, dict(kwargs, lr=lr))
         _compile(self, compile_step, "CompiledSGDStep")
 
 
 class AdamSparse(SparseOptimizerMixin, torch.optim.Adam):
     """``torch.optim.Adam`` that prunes on a schedule; arguments (``compile_step`` too) as :class:`SGDSparse`."""
 
-    _prunekit_mask_grads = False
+    _prunekit_elementwise = True
 
     def __init__(self, params, lr=1e-3, *args, param_name=None, compile_step=False, **kwargs):
-        if args:
-            raise PrunekitTypeError("pass AdamSparse arguments after lr by keyword (betas=..., ...)")
-        _init_sparse(self, torch.optim.Adam, params, param_name, dict(kwargs, lr=lr))
+        _init_sparse(self, torch.optim.Adam, params, param_name, args, dict(kwargs, lr=lr))
         _compile(self, compile_step, "CompiledAdamStep")
 
 
 class AdamWSparse(SparseOptimizerMixin, torch.optim.AdamW):
     """``torch.optim.AdamW`` that prunes on a schedule; arguments (``compile_step`` too) as :class:`SGDSparse`."""
 
-    _prunekit_mask_grads = False
+    _prunekit_elementwise = True
 
     def __init__(self, params, lr=1e-3, *args, param_name=None, compile_step=False, **kwargs):
-        if args:
-            raise PrunekitTypeError("pass AdamWSparse arguments after lr by keyword (betas=..., ...)")
-        _init_sparse(self, torch.optim.AdamW, params, param_name, dict(kwargs, lr=lr))
+        _init_sparse(self, torch.optim.AdamW, params, param_name, args, dict(kwargs, lr=lr))
         _compile(self, compile_step, "CompiledAdamStep")
 
 
@@ -243,10 +324,42 @@ def attach(optimizer, named_params=None, **prune_args):
     if unknown:
         raise PrunekitTypeError(f"attach got unknown pruning arguments {unknown}; accepted: {list(PRUNE_ARGUMENTS)}")
     named_params = list(named_params) if named_params is not None else None
-    optimizer.__class__ = _sparse_class(type(optimizer))
+    instance_step = optimizer.__dict__.get("step")
+    if instance_step is not None and not getattr(instance_step, "_wrapped_by_lr_sched", False):
+        raise PrunekitTypeError(f"{type(optimizer).__name__}.step was replaced on this instance (by "
+                                f"{getattr(instance_step, '__qualname__', instance_step)!r}); call attach() before "
+                                "wrapping the optimizer's step")
+    base = type(optimizer)
+    optimizer.__class__ = _sparse_class(base)
     try:
         optimizer._prunekit_setup(named_params, prune_args)
+        _compile(optimizer, False, None)
     except Exception:
-        optimizer.__class__ = optimizer.__class__.__mro__[2]
+        optimizer.__class__ = base
         raise
+    optimizer._patch_step_function()  # the step hooks run around the new class's step, once
+    if instance_step is not None:
+        _rewrap_scheduled_step(optimizer)
     return optimizer
+
+
+def _rewrap_scheduled_step(optimizer):
+    """An LR scheduler built before :func:`attach` wrapped the instance's ``step`` (to notice a call
+    order mistake); its wrapper calls the old class's step. Wrap the new one the same way."""
+    ref = weakref.ref(optimizer)
+    step = type(optimizer).step
+
+    @functools.wraps(step)
+    def wrapper(*args, **kwargs):
+        opt = ref()
+        opt._opt_called = True
+        return step(opt, *args, **kwargs)
+
+    wrapper._wrapped_by_lr_sched = True
+    optimizer.step = wrapper
+
+
+def _rebuild_attached(base):
+    """Unpickling an optimizer made by :func:`attach`: an empty instance of its class, rebuilt from the base."""
+    cls = _sparse_class(base)
+    return cls.__new__(cls)

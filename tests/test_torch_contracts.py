@@ -1,0 +1,423 @@
+"""Every integration contract, for every optimizer configuration, the way torch.optim tests itself.
+
+One table of configurations (ROWS: prunekit's optimizers and ``attach`` on RMSprop and Adagrad; for-loop,
+foreach and fused where torch has them) crossed with parameter dtypes, param-group layouts and devices,
+run through the same checks: target 0 is the base optimizer bit for bit, step hooks fire once,
+``state_dict`` round trips (also through ``torch.load(weights_only=True)`` and
+``torch.distributed.checkpoint``), deepcopy and pickle, closures, GradScaler skips, LR schedulers built
+before and after, resume bit-identical, and pruned entries with their gradients and state exactly 0.
+The CUDA column runs where a GPU is present.
+"""
+
+import copy
+import inspect
+import io
+import pickle
+import warnings
+from dataclasses import dataclass, field
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import prunekit.torch as pruning  # noqa: E402
+from prunekit.errors import PlanError, PrunekitError  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    base: type
+    kwargs: dict = field(default_factory=dict)
+    sparse: type = None  # None: the base optimizer with attach()
+
+    def __repr__(self):
+        return self.id
+
+
+ROWS = [
+    Row("sgd-forloop", torch.optim.SGD, dict(lr=0.1, momentum=0.9, foreach=False), pruning.SGDSparse),
+    Row("sgd-foreach", torch.optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True, foreach=True),
+        pruning.SGDSparse),
+    Row("sgd-fused", torch.optim.SGD, dict(lr=0.1, momentum=0.9, fused=True), pruning.SGDSparse),
+    Row("adam-forloop", torch.optim.Adam, dict(lr=1e-2, foreach=False), pruning.AdamSparse),
+    Row("adam-foreach", torch.optim.Adam, dict(lr=1e-2, amsgrad=True, weight_decay=1e-2, foreach=True),
+        pruning.AdamSparse),
+    Row("adam-fused", torch.optim.Adam, dict(lr=1e-2, fused=True), pruning.AdamSparse),
+    Row("adamw-forloop", torch.optim.AdamW, dict(lr=1e-2, foreach=False), pruning.AdamWSparse),
+    Row("adamw-foreach", torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1, foreach=True), pruning.AdamWSparse),
+    Row("adamw-fused", torch.optim.AdamW, dict(lr=1e-2, amsgrad=True, fused=True), pruning.AdamWSparse),
+    Row("rmsprop-attach-forloop", torch.optim.RMSprop, dict(lr=1e-2, momentum=0.5, foreach=False)),
+    Row("rmsprop-attach-foreach", torch.optim.RMSprop, dict(lr=1e-2, centered=True, foreach=True)),
+    Row("adagrad-attach", torch.optim.Adagrad, dict(lr=0.1, foreach=True)),
+]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DEVICES = ["cpu", "cuda"]
+_NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+PRUNE = dict(target_sparsity=0.75, pretrain_step=1, sparse_step=4, frequency=2)  # events at 1, 3, 5
+
+
+def net(dtype=torch.float32, device="cpu", seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).to(device, dtype)
+
+
+def data(n, dtype=torch.float32, device="cpu", seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(6, 16, generator=g).to(device, dtype), torch.randn(6, 8, generator=g).to(device, dtype))
+            for _ in range(n)]
+
+
+def param_groups(model, groups):
+    params = list(model.parameters())
+    if groups == 1:
+        return params
+    return [{"params": params[:2], "lr": 0.05}, {"params": params[2:]}]
+
+
+def kwargs_for(row, dtype):
+    """The row's arguments; in float16 an epsilon that float16 can hold (torch's 1e-8 rounds to 0, and Adam,
+    RMSprop and Adagrad then divide by zero: the base optimizers' own NaNs, not prunekit's)."""
+    if dtype == torch.float16 and "eps" in inspect.signature(row.base.__init__).parameters:
+        return dict(row.kwargs, eps=1e-4)
+    return row.kwargs
+
+
+def build(row, model, groups=1, **prune):
+    named = list(model.named_parameters())
+    kwargs = kwargs_for(row, next(model.parameters()).dtype)
+    if row.sparse is None:
+        return pruning.attach(row.base(param_groups(model, groups), **kwargs), named, **prune)
+    return row.sparse(param_groups(model, groups), param_name=named, **kwargs, **prune)
+
+
+def backward(model, x, y):
+    torch.nn.functional.mse_loss(model(x).float(), y.float()).backward()
+
+
+def run(model, opt, batches, check=None):
+    for x, y in batches:
+        opt.zero_grad()
+        backward(model, x, y)
+        if check is not None:
+            check(model, opt)
+        opt.step()
+    return model
+
+
+def supported(row, dtype, device):
+    """Skip what the base optimizer itself does not run (a fused kernel for a dtype, say)."""
+    model = net(dtype, device)
+    try:
+        run(model, row.base(model.parameters(), **kwargs_for(row, dtype)), data(1, dtype, device))
+    except (RuntimeError, NotImplementedError, ValueError) as e:
+        pytest.skip(f"{row.id} on {device}/{dtype}: the base optimizer refuses ({str(e)[:80]})")
+
+
+def assert_same(a_model, b_model, a_opt=None, b_opt=None):
+    for (n, a), (_, b) in zip(a_model.named_parameters(), b_model.named_parameters()):
+        assert torch.equal(a, b), n
+    if a_opt is not None:
+        sa, sb = a_opt.state_dict(), b_opt.state_dict()
+        assert sa["state"].keys() == sb["state"].keys()
+        for k in sa["state"]:
+            assert sa["state"][k].keys() == sb["state"][k].keys()
+            for key, value in sa["state"][k].items():
+                assert torch.equal(value, sb["state"][k][key]) if torch.is_tensor(value) else value == sb["state"][k][key], key
+        for ga, gb in zip(sa["param_groups"], sb["param_groups"]):
+            assert {k: v for k, v in ga.items() if k != "params"} == {k: v for k, v in gb.items() if k != "params"}
+
+
+def table(*, dtypes=DTYPES, groups=(1, 2)):
+    cases = [pytest.param(row, dtype, device, g, marks=[_NO_CUDA] if device == "cuda" else [],
+                          id=f"{row.id}-{str(dtype)[6:]}-{device}-{g}group{'s' if g > 1 else ''}")
+             for row in ROWS for dtype in dtypes for device in DEVICES for g in groups]
+    return pytest.mark.parametrize("row,dtype,device,groups", cases)
+
+
+# -- the checks --------------------------------------------------------------------------------------------
+@table()
+def test_target_zero_is_the_base_optimizer(row, dtype, device, groups):
+    supported(row, dtype, device)
+    ref, mine = net(dtype, device), net(dtype, device)
+    base = row.base(param_groups(ref, groups), **kwargs_for(row, dtype))
+    sparse = build(row, mine, groups, target_sparsity=0.0, sparse_step=4, frequency=1)
+    batches = data(5, dtype, device)
+    run(ref, base, batches)
+    run(mine, sparse, batches)
+    assert_same(ref, mine, base, sparse)
+    assert sparse.state_dict().keys() == base.state_dict().keys()
+
+
+@table(dtypes=[torch.float32])
+def test_step_hooks_fire_once(row, dtype, device, groups):
+    for target in (0.0, 0.75):
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # patches SGD.step with torch's hooks
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.1)
+        model = net(dtype, device)
+        opt = build(row, model, groups, **dict(PRUNE, target_sparsity=target))
+        calls = []
+        opt.register_step_pre_hook(lambda *a: calls.append("pre"))
+        opt.register_step_post_hook(lambda *a: calls.append("post"))
+        run(model, opt, data(2, dtype, device))
+        assert calls == ["pre", "post"] * 2, (target, calls)
+
+
+@table()
+def test_pruned_entries_gradients_and_state_are_exactly_zero(row, dtype, device, groups):
+    supported(row, dtype, device)
+    model = net(dtype, device)
+    opt = build(row, model, groups, **PRUNE)
+    seen = []
+
+    def check(model, opt):  # right after backward(), before step()
+        for name, p in model.named_parameters():
+            mask = opt.pruning.masks.get(name)
+            if mask is not None:
+                assert (p.grad[~mask] == 0).all(), f"gradient of pruned entries of {name} after backward()"
+                seen.append(name)
+
+    for batch in data(8, dtype, device):
+        run(model, opt, [batch], check)
+        for name, p in model.named_parameters():
+            mask = opt.pruning.masks.get(name)
+            if mask is None:
+                continue
+            assert (p[~mask] == 0).all(), name
+            for key, value in opt.state[p].items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.is_floating_point():
+                    assert (value[~mask] == 0).all(), f"{key} of pruned entries of {name}"
+    assert seen and opt.pruning.step_count == 8
+    per, total = opt.sparsity()
+    assert per == {"0.weight": 0.75, "2.weight": 0.75}
+
+
+@table(dtypes=[torch.float32, torch.bfloat16])
+def test_resume_through_weights_only_load_is_bit_identical(row, dtype, device, groups):
+    supported(row, dtype, device)
+    batches = data(9, dtype, device)
+    straight = net(dtype, device)
+    opt = build(row, straight, groups, **PRUNE)
+    run(straight, opt, batches)
+
+    first = net(dtype, device)
+    opt1 = build(row, first, groups, **PRUNE)
+    run(first, opt1, batches[:4])
+    buffer = io.BytesIO()
+    torch.save({"model": first.state_dict(), "opt": opt1.state_dict()}, buffer)
+    buffer.seek(0)
+    ckpt = torch.load(buffer, weights_only=True)
+    second = net(dtype, device, seed=7)
+    second.load_state_dict(ckpt["model"])
+    opt2 = build(row, second, groups, **PRUNE)
+    opt2.load_state_dict(ckpt["opt"])
+    assert opt2.pruning.step_count == 4
+    run(second, opt2, batches[4:])
+    assert_same(straight, second, opt, opt2)
+    assert all(torch.equal(opt.pruning.masks[k], opt2.pruning.masks[k]) for k in opt.pruning.masks)
+
+
+@table(dtypes=[torch.float32])
+def test_distributed_checkpoint_round_trip_resumes_bit_identically(row, dtype, device, groups, tmp_path):
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+    supported(row, dtype, device)
+    batches = data(9, dtype, device)
+    straight = net(dtype, device)
+    opt = build(row, straight, groups, **PRUNE)
+    run(straight, opt, batches)
+
+    first = net(dtype, device)
+    opt1 = build(row, first, groups, **PRUNE)
+    run(first, opt1, batches[:4])
+    osd = get_optimizer_state_dict(first, opt1)
+    assert any("prunekit_mask" in v for v in osd["state"].values())
+    dcp.save({"model": get_model_state_dict(first), "optim": osd}, checkpoint_id=str(tmp_path / "ckpt"))
+
+    second = net(dtype, device, seed=7)
+    opt2 = build(row, second, groups, **PRUNE)
+    state = {"model": get_model_state_dict(second), "optim": get_optimizer_state_dict(second, opt2)}
+    assert opt2.pruning.step_count == 0, "the state-creating step of get_optimizer_state_dict does not count"
+    dcp.load(state, checkpoint_id=str(tmp_path / "ckpt"))
+    set_model_state_dict(second, state["model"])
+    set_optimizer_state_dict(second, opt2, state["optim"])
+    assert opt2.pruning.step_count == 4
+    run(second, opt2, batches[4:])
+    assert_same(straight, second, opt, opt2)
+
+
+@table(dtypes=[torch.float32], groups=(2,))
+def test_deepcopy_and_pickle_continue_identically(row, dtype, device, groups):
+    batches = data(8, dtype, device)
+    model = net(dtype, device)
+    opt = build(row, model, groups, **PRUNE)
+    run(model, opt, batches[:3])
+    twins = [copy.deepcopy({"m": model, "o": opt}), pickle.loads(pickle.dumps({"m": model, "o": opt}))]
+    run(model, opt, batches[3:])
+    for twin in twins:
+        assert type(twin["o"]) is type(opt)
+        run(twin["m"], twin["o"], batches[3:])
+        assert_same(model, twin["m"], opt, twin["o"])
+
+
+@table(dtypes=[torch.float32], groups=(1,))
+def test_closure(row, dtype, device, groups):
+    model = net(dtype, device)
+    opt = build(row, model, groups, **PRUNE)
+    for x, y in data(7, dtype, device):
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+        loss = opt.step(closure)
+        assert torch.is_tensor(loss)
+        for name, p in model.named_parameters():
+            if name in opt.pruning.masks:
+                assert (p[~opt.pruning.masks[name]] == 0).all() and (p.grad[~opt.pruning.masks[name]] == 0).all()
+    assert opt.sparsity()[1] == 0.75
+
+
+@table(dtypes=[torch.float32], groups=(1,))
+def test_grad_scaler_skipped_steps_do_not_advance_the_schedule(row, dtype, device, groups):
+    supported(row, dtype, device)
+    model = net(dtype, device)
+    opt = build(row, model, groups, target_sparsity=0.5)  # one-shot at step 0
+    scaler = torch.amp.GradScaler(device, init_scale=2.0 ** 8)
+    for x, y in data(3, dtype, device):
+        opt.zero_grad()
+        scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
+        model[2].bias.grad[0] = float("inf")  # a dense tensor: no mask can hide it
+        scaler.step(opt)
+        scaler.update()
+    assert opt.pruning.step_count == 0 and opt.sparsity()[1] == 0.0
+    x, y = data(1, dtype, device, seed=5)[0]
+    opt.zero_grad()
+    scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert opt.pruning.step_count == 1 and opt.sparsity()[1] == 0.5
+
+
+@table(dtypes=[torch.float32], groups=(2,))
+def test_lr_scheduler_built_before_or_after(row, dtype, device, groups):
+    for before in (False, True):
+        model = net(dtype, device)
+        named = list(model.named_parameters())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "lr_scheduler.step() before optimizer.step()" or "overridden"
+            if before:
+                base = row.base(param_groups(model, groups), **row.kwargs)
+                sched = torch.optim.lr_scheduler.StepLR(base, step_size=2, gamma=0.5)
+                opt = pruning.attach(base, named, **PRUNE)
+            else:
+                opt = build(row, model, groups, **PRUNE)
+                sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+            for batch in data(6, dtype, device):
+                run(model, opt, [batch])
+                sched.step()
+        assert opt.pruning.step_count == 6 and opt.sparsity()[1] == 0.75, before
+        assert opt.param_groups[-1]["lr"] == pytest.approx(row.kwargs["lr"] * 0.125)
+
+
+@pytest.mark.parametrize("row", ROWS[:1] + ROWS[3:4], ids=repr)
+def test_positional_arguments_as_torch_optim(row):
+    model = net()
+    base_args = {"SGD": (0.1, 0.9, 0.0, 1e-4, True), "Adam": (1e-2, (0.8, 0.9), 1e-6, 0.01)}[row.base.__name__]
+    ref, mine = net(), net()
+    base = row.base(ref.parameters(), *base_args)
+    sparse = row.sparse(mine.parameters(), *base_args)
+    run(ref, base, data(3))
+    run(mine, sparse, data(3))
+    assert_same(ref, mine, base, sparse)
+    with pytest.raises(TypeError, match="positional"):
+        row.sparse(model.parameters(), *base_args, 1, 2, 3, 4, 5, 6)
+
+
+# -- the single cases ---------------------------------------------------------------------------------------
+def test_a_glob_that_reaches_only_dense_tensors_is_an_error():
+    model = net()
+    with pytest.raises(PlanError, match=r"'\*\.bias' matches only tensors that stay dense.*'0.bias': fewer than 2 dims"):
+        pruning.SGDSparse(model.named_parameters(), lr=0.1, target_sparsity=0.5, special_sparsity_dict={"*.bias": 0.5})
+
+
+def test_fix_sparsity_with_a_ramp_and_no_restore_is_an_error():
+    with pytest.raises(PrunekitError, match="restore_sparsity=True.*sparse_step=0"):
+        pruning.SGDSparse(net().named_parameters(), lr=0.1, target_sparsity=0.9, sparse_step=100, fix_sparsity=True)
+    opt = pruning.SGDSparse(net().named_parameters(), lr=0.1, target_sparsity=0.5, fix_sparsity=True)  # one-shot
+    assert opt.plan.names == ["0.weight", "2.weight"]
+
+
+def test_gradient_clipping_sees_only_kept_entries():
+    model = net()
+    opt = pruning.SGDSparse(model.named_parameters(), lr=0.1, target_sparsity=0.9)
+    run(model, opt, data(1))
+    x, y = data(1, seed=3)[0]
+    opt.zero_grad()
+    backward(model, x, y)
+    kept = torch.cat([p.grad[opt.pruning.masks[n]] if n in opt.pruning.masks else p.grad.reshape(-1)
+                      for n, p in model.named_parameters()])
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)
+    assert float(norm) == pytest.approx(float(kept.norm()), rel=1e-6)
+
+
+def test_sparse_gradients_are_masked_and_take_l1():
+    emb = torch.nn.Embedding(20, 8, sparse=True)
+    torch.manual_seed(0)
+    ids = torch.randint(0, 20, (30,))
+    for extra in ({}, dict(L1_regularization=True, l1_strength=1e-3)):
+        opt = pruning.SGDSparse(emb.named_parameters(), lr=0.1, target_sparsity=0.5, **extra)
+        for _ in range(3):
+            opt.zero_grad()
+            emb(ids).pow(2).sum().backward()
+            grad = emb.weight.grad
+            if opt.pruning.masks:
+                assert grad.is_sparse and (grad.to_dense()[~opt.pruning.masks["weight"]] == 0).all()
+            opt.step()
+        assert opt.sparsity()[1] == 0.5
+    rms = torch.optim.Adagrad(emb.parameters(), lr=0.1)
+    pruning.attach(rms, emb.named_parameters(), target_sparsity=0.5)
+    for _ in range(2):
+        rms.zero_grad()
+        emb(ids).pow(2).sum().backward()
+        rms.step()
+        assert (emb.weight.grad.to_dense()[~rms.pruning.masks["weight"]] == 0).all()
+    assert rms.sparsity()[1] == 0.5
+
+
+def test_state_from_before_masks_moved_into_parameter_state_still_loads():
+    model = net()
+    opt = pruning.AdamSparse(model.named_parameters(), lr=1e-2, **PRUNE)
+    run(model, opt, data(4))
+    new = opt.state_dict()
+    old = {"state": {i: {k: v for k, v in s.items() if not k.startswith("prunekit")} for i, s in new["state"].items()},
+           "param_groups": [{k: v for k, v in g.items() if k != "prunekit_step"} for g in new["param_groups"]]}
+    old["state"]["prunekit"] = {"step": 4, "masks": dict(opt.pruning.masks), "restored": {}}
+    again = pruning.AdamSparse(model.named_parameters(), lr=1e-2, **PRUNE)
+    again.load_state_dict(old)
+    assert again.pruning.step_count == 4 and "prunekit" not in again.state
+    assert all(torch.equal(again.pruning.masks[k], m) for k, m in opt.pruning.masks.items())
+
+
+def test_weights_changed_outside_the_optimizer_are_pruned_again_at_the_next_step():
+    model = net()
+    opt = pruning.SGDSparse(model.named_parameters(), lr=0.1, momentum=0.9, target_sparsity=0.5)
+    run(model, opt, data(2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    run(model, opt, data(1))
+    assert opt.sparsity()[0]["0.weight"] == 0.5
+
+
+def test_parameters_on_two_devices_share_one_event():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device beside the CPU")
+    model = net()
+    model[2].to("cuda")
+    opt = pruning.SGDSparse(model.named_parameters(), lr=0.1, target_sparsity=0.5, compile_step=True)
+    x, y = data(1)[0]
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model[2](model[1](model[0](x)).cuda()).cpu(), y).backward()
+    opt.step()
+    assert opt.sparsity()[1] == 0.5
