@@ -12,7 +12,7 @@ import prunekit.ir as ir
 graph_path, weights, input_path, output_path = sys.argv[1:5]
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    graph = ir.load(graph_path, weights=None if weights == "-" else weights)
+    graph = ir.load(graph_path, weights="random" if weights == "-" else weights)
 x = np.load(input_path)
 model = ir.to_keras(graph, input_shape=x.shape)
 outs = model(x)
