@@ -238,6 +238,77 @@ def test_from_torch_names_what_it_cannot_convert():
         ir.from_torch(model, torch.randn(1, 3, 8, 8))
 
 
+class _AddConstant(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return self.conv(x) + 1
+
+
+class _AddAlpha(_AddConstant):
+    def forward(self, x):
+        return torch.add(self.conv(x), x, alpha=2)
+
+
+class _InPlace(_AddConstant):
+    def forward(self, x):
+        y = self.conv(x)
+        y.mul_(1.5)  # a method the IR does not have
+        return y
+
+
+@pytest.mark.parametrize("make,message", [
+    (_AddConstant, r"call_function 'add' \(fx node 'add'\): operand 1 is a constant"),
+    (_AddAlpha, r"call_function 'add' .*keywords \['alpha'\]"),
+    (_InPlace, r"call_method 'mul_'"),
+    (lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.AvgPool2d(2, divisor_override=3)),
+     r"module '1': AvgPool2d\(divisor_override=3\) has no IR op"),
+    (lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)).train(),
+     r"module '1': BatchNorm2d is in training mode.*model.eval\(\)"),
+])
+def test_from_torch_refuses_what_it_would_get_wrong(make, message):
+    """Issue 16 item 12: each of these was converted silently into a different model."""
+    model = make()
+    if not isinstance(model, torch.nn.Sequential) or not model.training:
+        model = model.eval()
+    with pytest.raises(ir.IRError, match=message):
+        ir.from_torch(model, torch.randn(1, 3, 4, 4))
+
+
+class _HiddenScale(torch.nn.Module):
+    """A forward that reads Python state the tracer cannot see: the comparison catches it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.conv(x) if self.calls == 1 else torch.relu(self.conv(x))
+
+
+def test_from_torch_compares_the_graph_with_the_module():
+    torch.manual_seed(0)
+    with pytest.raises(ir.IRError, match="output 0 of the traced graph differs from _HiddenScale's own"):
+        ir.from_torch(_HiddenScale().eval(), torch.randn(1, 3, 4, 4))
+    with pytest.raises(ir.IRError, match=r"example input of shape \(1, 1, 8, 8\) does not fit|input has 1 channels"):
+        ir.from_torch(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)).eval(), torch.randn(1, 1, 8, 8))
+
+
+def test_from_torch_follows_shape_branches():
+    """prunekit's seed CNN branches on the input size; the traced graph is the branch the example takes."""
+    from prunekit.torch.models import SeedCNN
+    torch.manual_seed(0)
+    model = SeedCNN().eval()
+    x = torch.randn(2, 1, 28, 28)
+    graph = ir.from_torch(model, x)
+    with torch.no_grad():
+        assert torch.allclose(ir.to_torch(graph).eval()(x), model(x), atol=1e-5)
+
+
 def test_onnx_round_trip_keeps_outputs_and_zeros(tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
