@@ -413,17 +413,18 @@ def test_original_graph_exports_to_onnx(tmp_path):
 
 def keras_in_subprocess(graph_path, weights, x, tmp_path):
     """Outputs (and the zero count of the kernels) of ir.to_keras, computed in a process without torch:
-    TensorFlow and torch in one process can crash when torch later loads triton."""
+    TensorFlow and torch in one process can crash when torch later loads triton. ``weights=None``:
+    ``graph_path`` is a saved .keras file, opened with keras.models.load_model after `import prunekit.ir`."""
     import importlib.util
     import subprocess
     import sys
     if importlib.util.find_spec("keras") is None or importlib.util.find_spec("tensorflow") is None:
         pytest.skip("keras with TensorFlow is not installed")
     np.save(tmp_path / "x.npy", x)
-    root = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
-    env = dict(os.environ, PYTHONPATH=root, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable, os.path.join(root, "tests", "frameworks", "ir_keras_check.py"),
-                          str(graph_path), str(weights), str(tmp_path / "x.npy"), str(tmp_path / "out.npz")],
+    env = dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    first = ["--load", str(graph_path)] if weights is None else [str(graph_path), str(weights)]
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "frameworks", "ir_keras_check.py"), *first,
+                          str(tmp_path / "x.npy"), str(tmp_path / "out.npz")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     result = np.load(tmp_path / "out.npz")
@@ -456,3 +457,134 @@ def test_original_detector_to_keras(tmp_path):
         # random weights through ~60 layers without trained BN statistics: float32 sums drift, so the
         # check is on the whole tensor's relative error rather than the worst element
         assert np.linalg.norm(o - r) / np.linalg.norm(r) < 1e-4
+
+
+# ---- the command line, run as a user runs it: `python -m prunekit` in a subprocess (issues 16.14, 17.1-17.3)
+
+def cli(*args, cwd):
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "prunekit", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def one_line_error(result, pattern):
+    import re
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert re.search(pattern, result.stderr), result.stderr
+
+
+def sparse_small_graph(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 5)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p[torch.rand_like(p) < 0.9] = 0
+    return ir.from_torch(model, torch.randn(1, 3, 6, 6))
+
+
+def test_cli_convert_and_show_use_the_weights_beside_the_graph(tmp_path):
+    """17.1: the sparse weights were replaced by random ones with exit 0."""
+    graph = sparse_small_graph(tmp_path)
+    ir.save(graph, tmp_path / "model.json", tmp_path / "model.safetensors")
+    result = cli("convert", "model.json", "m2.onnx", cwd=tmp_path)
+    assert result.returncode == 0 and "with the weights of" in result.stdout and not result.stderr, result.stderr
+    assert zeros_of(ir.from_onnx(tmp_path / "m2.onnx")) == zeros_of(graph)
+    shown = cli("ir", "show", "model.json", cwd=tmp_path)
+    total = sum(v.size for v in graph.weights.values() if v.ndim >= 2)
+    zeros = sum(int((v == 0).sum()) for v in graph.weights.values() if v.ndim >= 2)
+    assert f"sparsity of weight matrices/kernels {zeros / total:.4f}" in shown.stdout and zeros / total > 0.8
+    (tmp_path / "model.safetensors").unlink()
+    one_line_error(cli("convert", "model.json", "m3.onnx", cwd=tmp_path),
+                   r"'model.json' records its weights in 'model.safetensors', which does not exist.*--random-weights")
+    one_line_error(cli("ir", "show", "model.json", cwd=tmp_path), r"records its weights in 'model.safetensors'")
+    ir.save(graph, tmp_path / "bare.json")
+    one_line_error(cli("convert", "bare.json", "m3.onnx", cwd=tmp_path), r"no weights for 'bare.json'.*--random-weights")
+    assert not (tmp_path / "m3.onnx").exists()
+    assert cli("convert", "model.json", "m3.onnx", "--random-weights", cwd=tmp_path).returncode == 0
+
+
+def test_cli_convert_leaves_nothing_when_it_fails(tmp_path):
+    """16.14: out.json stayed behind after a bad --out-weights; an fp64 graph was written for onnxruntime to reject."""
+    graph = sparse_small_graph(tmp_path)
+    ir.save(graph, tmp_path / "g.json", tmp_path / "g.safetensors")
+    one_line_error(cli("convert", "g.json", "out.json", "--out-weights", "out.bin", cwd=tmp_path),
+                   r"--out-weights 'out.bin' must end with .safetensors or .npz")
+    graph.weights = {k: v.astype(np.float64) for k, v in graph.weights.items()}
+    ir.save(graph, tmp_path / "d.json", tmp_path / "d.safetensors")
+    one_line_error(cli("convert", "d.json", "d.onnx", cwd=tmp_path), r"onnxruntime cannot run the exported model")
+    one_line_error(cli("convert", "g.json", "g.onnx", "--input-shape", "1,4,6,6", cwd=tmp_path),
+                   r"--input-shape 1,4,6,6 does not fit the graph: node 1 \(nn.conv2d\): input has 4 channels")
+    assert sorted(os.listdir(tmp_path)) == ["d.json", "d.safetensors", "g.json", "g.safetensors"]
+
+
+def prunekit_checkpoint(path, classes=10):
+    """A checkpoint in the layout `prunekit train` writes (recipe.run): model, optimizers, recipe."""
+    from prunekit.torch.models import SeedCNN
+    torch.manual_seed(0)
+    model = SeedCNN(classes=classes)
+    opt = pruning.SGDSparse(model.named_parameters(), lr=0.1, momentum=0.9, target_sparsity=0.8)
+    model(torch.randn(4, 1, 28, 28)).sum().backward()
+    opt.step()
+    torch.save({"model": model.state_dict(), "models": {"pruned": model.state_dict()},
+                "optimizers": {"pruned": opt.state_dict()}, "epoch": 1, "history": [],
+                "recipe": {"model": "seed-cnn", "dataset": "synthetic"}}, path)
+    return model.eval()
+
+
+def test_cli_converts_prunekit_checkpoints(tmp_path):
+    """17.3: `prunekit convert runs/train/checkpoint.pt x.onnx --arch seed-cnn` could not convert at all."""
+    ort = pytest.importorskip("onnxruntime")
+    model = prunekit_checkpoint(tmp_path / "checkpoint.pt", classes=7)
+    result = cli("convert", "checkpoint.pt", "x.onnx", "--arch", "seed-cnn", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    x = torch.randn(3, 1, 28, 28)
+    session = ort.InferenceSession(str(tmp_path / "x.onnx"), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model(x).numpy(), rtol=1e-4, atol=1e-5)
+    one_line_error(cli("convert", "checkpoint.pt", "y.onnx", "--arch", "resnet18", cwd=tmp_path),
+                   r"the checkpoint is a prunekit 'seed-cnn' run; --arch says 'resnet18'")
+
+
+def test_cli_mismatched_checkpoints_are_one_line_errors(tmp_path):
+    """17.3: a 10-class or 1-channel file for --arch resnet18 gave a `size mismatch` traceback."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pt")
+    one_line_error(cli("convert", "r18.pt", "r.onnx", "--arch", "resnet18", "--num-classes", "1000", cwd=tmp_path),
+                   r"'r18.pt' does not fit torchvision resnet18 \(1000 classes\): fc.weight is \(10, 512\) in the file, "
+                   r"\(1000, 512\) in the model")
+    one_line_error(cli("convert", "r18.pt", "r.onnx", "--arch", "resnet18", "--input-shape", "1,1,64,64",
+                       cwd=tmp_path), r"input \(1, 1, 64, 64\): node 1 \(nn.conv2d\): input has 1 channels")
+    assert not (tmp_path / "r.onnx").exists()
+    (tmp_path / "bin.json").write_bytes(bytes(range(256)))
+    one_line_error(cli("ir", "show", "bin.json", cwd=tmp_path), r"'bin.json' is not an IR graph: a binary file")
+    one_line_error(cli("ir", "show", "r18.pt", cwd=tmp_path), r"'r18.pt' is not an IR graph")
+
+
+def test_cli_keras_file_opens_with_load_model(tmp_path):
+    """17.2: a .keras file from convert opens with keras.models.load_model after `import prunekit.ir`; 16.14: the
+    dilation of a conv2d_transpose survives to_keras. The graph uses both prunekit layers (BiasAdd, PadConstant)."""
+    nodes = [{"node_id": 0, "node_type": "Var", "op_type": "Const", "shape": [1, 2, 7, 7]},
+             {"node_id": 1, "op_type": "nn.conv2d_transpose", "inputs": [0, "t_weight"],
+              "attrs": {"strides": [1, 1], "padding": [1, 1], "kernel_size": [3, 3], "W_shape": [2, 3, 3, 3],
+                        "dilation": [2, 2], "channels": [3]}},
+             {"node_id": 2, "op_type": "nn.bias_add", "inputs": [1, "t_bias"], "attrs": {"_shape": [3]}},
+             {"node_id": 3, "op_type": "nn.max_pool2d", "inputs": [2],
+              "attrs": {"pool_size": [3, 3], "strides": [2, 2], "padding": [1, 1]}}]
+    path = write(tmp_path, nodes)
+    graph = ir.load(path, weights="random")
+    graph.weights["t_bias"] = np.arange(3, dtype=np.float32) - 1
+    ir.save(graph, tmp_path / "t.json", tmp_path / "t.safetensors")
+    result = cli("convert", "t.json", "t.keras", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    x = np.random.default_rng(0).standard_normal((2, 2, 7, 7)).astype(np.float32)
+    (out,), _ = keras_in_subprocess(tmp_path / "t.keras", None, x, tmp_path)
+    with torch.no_grad():
+        ref = ir.to_torch(graph).eval()(torch.from_numpy(x)).numpy()
+    assert out.shape == ref.shape == (2, 3, 5, 5)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)

@@ -283,7 +283,9 @@ def load(json_path, weights=None, trust_pickle=False, seed=0):
         if recorded is not None:
             weights = os.path.join(os.path.dirname(where), recorded)
             if not os.path.isfile(weights):
-                raise IRError(f"{where!r} records its weights in {recorded!r}, which is not beside it ({weights!r})")
+                raise IRError(f"{where!r} records its weights in {recorded!r}, which does not exist ({weights!r}); "
+                              "pass weights=PATH, or weights='random' to initialise them from the shapes "
+                              "(--random-weights)")
         else:
             weights = find_weights(where)
         if weights is None:
