@@ -323,8 +323,11 @@ def test_onnx_round_trip_keeps_outputs_and_zeros(tmp_path):
     assert np.abs(onnx_out - ref).max() / np.abs(ref).max() < 1e-4
     back = ir.from_onnx(tmp_path / "m.onnx")
     assert zeros_of(back) == zeros_of(graph)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 17.7: "The given NumPy array is not writable" came through
+        rebuilt = ir.to_torch(back).eval()
     with torch.no_grad():
-        out = ir.to_torch(back).eval()(x).numpy()
+        out = rebuilt(x).numpy()
     assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-4
 
 
@@ -558,8 +561,6 @@ def test_cli_mismatched_checkpoints_are_one_line_errors(tmp_path):
     one_line_error(cli("convert", "r18.pt", "r.onnx", "--arch", "resnet18", "--num-classes", "1000", cwd=tmp_path),
                    r"'r18.pt' does not fit torchvision resnet18 \(1000 classes\): fc.weight is \(10, 512\) in the file, "
                    r"\(1000, 512\) in the model")
-    one_line_error(cli("convert", "r18.pt", "r.onnx", "--arch", "resnet18", "--input-shape", "1,1,64,64",
-                       cwd=tmp_path), r"input \(1, 1, 64, 64\): node 1 \(nn.conv2d\): input has 1 channels")
     assert not (tmp_path / "r.onnx").exists()
     (tmp_path / "bin.json").write_bytes(bytes(range(256)))
     one_line_error(cli("ir", "show", "bin.json", cwd=tmp_path), r"'bin.json' is not an IR graph: a binary file")
