@@ -506,7 +506,8 @@ def test_cli_convert_and_show_use_the_weights_beside_the_graph(tmp_path):
                    r"'model.json' records its weights in 'model.safetensors', which does not exist.*--random-weights")
     one_line_error(cli("ir", "show", "model.json", cwd=tmp_path), r"records its weights in 'model.safetensors'")
     ir.save(graph, tmp_path / "bare.json")
-    one_line_error(cli("convert", "bare.json", "m3.onnx", cwd=tmp_path), r"no weights for 'bare.json'.*--random-weights")
+    one_line_error(cli("convert", "bare.json", "m3.onnx", cwd=tmp_path),
+                   r"no weights for 'bare.json'.*--random-weights")
     assert not (tmp_path / "m3.onnx").exists()
     assert cli("convert", "model.json", "m3.onnx", "--random-weights", cwd=tmp_path).returncode == 0
 
@@ -559,7 +560,8 @@ def test_cli_mismatched_checkpoints_are_one_line_errors(tmp_path):
     torchvision = pytest.importorskip("torchvision")
     torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pt")
     one_line_error(cli("convert", "r18.pt", "r.onnx", "--arch", "resnet18", "--num-classes", "1000", cwd=tmp_path),
-                   r"'r18.pt' does not fit torchvision resnet18 \(1000 classes\): fc.weight is \(10, 512\) in the file, "
+                   r"'r18.pt' does not fit torchvision resnet18 \(1000 classes\): "
+                   r"fc.weight is \(10, 512\) in the file, "
                    r"\(1000, 512\) in the model")
     assert not (tmp_path / "r.onnx").exists()
     (tmp_path / "bin.json").write_bytes(bytes(range(256)))

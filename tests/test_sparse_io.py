@@ -211,3 +211,18 @@ def test_safetensors_reader_refuses_bad_shapes(tmp_path, shape):
     path.write_bytes(struct.pack("<Q", len(header)) + header)
     with pytest.raises(FormatError, match=r"s\.safetensors.*shape"):
         read_safetensors(path)
+
+
+def test_files_of_the_safetensors_package_read_here(tmp_path):
+    """The reader and the package agree both ways (the package's numpy writer, prunekit's reader)."""
+    st = pytest.importorskip("safetensors.numpy")
+    import numpy as np
+    from prunekit.io.safetensors import read_safetensors
+    arrays = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.zeros((0, 5), np.int64),
+              "c": np.array(7, dtype=np.float16)}
+    st.save_file(arrays, str(tmp_path / "p.safetensors"), metadata={"k": "v"})
+    tensors, metadata = read_safetensors(tmp_path / "p.safetensors")
+    assert metadata == {"k": "v"}
+    for name, array in arrays.items():
+        dtype, shape, data = tensors[name]
+        assert shape == array.shape and np.array_equal(np.frombuffer(data, array.dtype).reshape(shape), array)

@@ -16,7 +16,7 @@ import math
 
 import keras
 import numpy as np
-from keras import layers, ops
+from keras import layers
 
 from prunekit.ir.graph import Graph, IRError
 from prunekit.ir.graph import pads as _pads
@@ -76,11 +76,12 @@ def _layer(node, graph, x, args, weights_out):
     if node.op == "nn.conv2d_transpose":
         kernel = w[node.inputs[1]]
         top, left, bottom, right = _pads(a["padding"])
-        if _pair(a.get("groups", 1))[0] != 1 or any(_pair(a.get("output_padding", 0))) or (top, left) != (bottom, right):
+        if _pair(a.get("groups", 1))[0] != 1 or any(_pair(a.get("output_padding", 0))) \
+                or (top, left) != (bottom, right):
             raise IRError(f"node {node.id}: nn.conv2d_transpose with groups, output_padding or asymmetric padding "
                           "is not supported by to_keras")
-        layer = _keras_layer(node, layers.Conv2DTranspose, kernel.shape[1], tuple(kernel.shape[2:]), _pair(a["strides"]),
-                             padding="valid", dilation_rate=_pair(a.get("dilation", 1)), use_bias=False,
+        layer = _keras_layer(node, layers.Conv2DTranspose, kernel.shape[1], tuple(kernel.shape[2:]),
+                             _pair(a["strides"]), padding="valid", dilation_rate=_pair(a.get("dilation", 1)), use_bias=False,
                              name=_name(node.inputs[1]))
         weights_out.append((layer, [np.transpose(kernel, (2, 3, 1, 0))]))
         y = layer(x)

@@ -239,7 +239,8 @@ def _convert(imp, node, a, ins):
         x = imp.ref(node, ins[0])
         w = imp.weights[imp.weight(node, ins[1], "weight")]
         if w.ndim != 4:
-            raise IRError(f"{path!r}: ONNX node {_label(node)}: a {w.ndim - 2}-D convolution is not supported (2-D only)")
+            raise IRError(f"{path!r}: ONNX node {_label(node)}: a {w.ndim - 2}-D convolution is not supported "
+                          "(2-D only)")
         kernel = list(a.get("kernel_shape", w.shape[2:]))
         strides, dilations = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
         padding = _auto_pad(path, node, a, imp.shapes[x], kernel, strides, dilations)
@@ -314,7 +315,8 @@ def from_onnx(path):
     try:
         model = onnx.load(str(path))
     except Exception as e:
-        raise IRError(f"{str(path)!r} is not a readable ONNX model: {str(e).splitlines()[0] if str(e) else e}") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise IRError(f"{str(path)!r} is not a readable ONNX model: {first}") from None
     g = model.graph
     opsets = {o.domain: o.version for o in model.opset_import}
     if set(opsets) - {"", "ai.onnx"}:

@@ -82,7 +82,7 @@ def _build(node, graph, taken):
     a, w = node.attrs, graph.weights
     if node.op in ("nn.conv2d", "nn.conv2d_transpose"):
         weight = w[node.inputs[1]]
-        groups, dilation = int(a.get("groups", 1)), _pair(a.get("dilation", 1))
+        groups, dilation = _pair(a.get("groups", 1))[0], _pair(a.get("dilation", 1))
         top, left, bottom, right = _pads(a["padding"])
         if node.op == "nn.conv2d":
             in_ch = weight.shape[1] * groups

@@ -84,8 +84,10 @@ class _Converter:
             if m.training:
                 raise IRError(f"module {target!r}: BatchNorm2d is in training mode (it would normalise with each "
                               "batch's statistics); call model.eval() before converting")
-            names = [self.weight(f"{target}.{k}", getattr(m, k)) for k in ("weight", "bias", "running_mean", "running_var")]
-            return self.add("nn.batch_norm", [x] + names, {"epsilon": float(m.eps), "axis": 1, "_shape": [m.num_features]})
+            names = [self.weight(f"{target}.{k}", getattr(m, k))
+                     for k in ("weight", "bias", "running_mean", "running_var")]
+            return self.add("nn.batch_norm", [x] + names,
+                            {"epsilon": float(m.eps), "axis": 1, "_shape": [m.num_features]})
         if type(m) is nn.ReLU:
             return self.add("nn.relu", [x])
         if type(m) is nn.Sigmoid:
@@ -186,8 +188,9 @@ def _compare(module, graph, example_input):
         try:
             expected = _outputs(module(example_input))
         except Exception as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise IRError(f"the example input of shape {tuple(example_input.shape)} does not fit "
-                          f"{type(module).__name__}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                          f"{type(module).__name__}: {first}") from None
         built = to_torch(graph).eval()
         got = _outputs(built(example_input.detach().cpu()))
     if len(got) != len(expected) or not all(isinstance(e, torch.Tensor) for e in expected):
