@@ -401,6 +401,22 @@ def test_onnx_export_keeps_the_weights_dtype(tmp_path):
     assert not any(name.startswith(".d.onnx") or name == "d.onnx" for name in os.listdir(tmp_path))
 
 
+def test_from_onnx_reads_torch_onnx_export(tmp_path):
+    """A model exported by torch.onnx.export (it adds Identity nodes over initializers) imports and matches."""
+    pytest.importorskip("onnx")
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, x, str(tmp_path / "tv.onnx"), dynamo=False, opset_version=17)
+    graph = ir.from_onnx(tmp_path / "tv.onnx")
+    with torch.no_grad():
+        ref, out = model(x), ir.to_torch(graph).eval()(x)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
 def test_original_graph_exports_to_onnx(tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

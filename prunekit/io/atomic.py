@@ -43,6 +43,8 @@ def atomic_path(path, suffix=None):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     suffix = os.path.splitext(path)[1] if suffix is None else suffix
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write {path!r}: directory {directory!r} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp" + suffix, dir=directory)
     os.close(fd)
     try:

@@ -133,7 +133,7 @@ _ATTRS = {"Conv": {"auto_pad", "dilations", "group", "kernel_shape", "pads", "st
           "Relu": set(), "Sigmoid": set(), "GlobalAveragePool": set(), "Add": set(), "Flatten": {"axis"},
           "MaxPool": {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides"},
           "AveragePool": {"auto_pad", "ceil_mode", "count_include_pad", "dilations", "kernel_shape", "pads", "strides"},
-          "Gemm": {"alpha", "beta", "transA", "transB"}}
+          "Gemm": {"alpha", "beta", "transA", "transB"}, "Identity": set()}
 # attribute -> the value it must have when present
 _FIXED = {"training_mode": 0, "spatial": 1, "storage_order": 0, "transA": 0, "transB": 1, "alpha": 1.0, "beta": 1.0,
           "axis": 1}
@@ -329,7 +329,12 @@ def from_onnx(path):
             raise IRError(f"{imp.path!r}: ONNX node {_label(node)} has no IR op; supported: {', '.join(_ATTRS)}")
         a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
         _check_attrs(imp.path, node, a)
-        imp.ids[node.output[0]] = _convert(imp, node, a, list(node.input))
+        if node.op_type == "Identity" and node.input[0] in weights:  # torch's exporter aliases initializers
+            weights[node.output[0]] = weights[node.input[0]]
+        elif node.op_type == "Identity":
+            imp.ids[node.output[0]] = imp.ref(node, node.input[0])
+        else:
+            imp.ids[node.output[0]] = _convert(imp, node, a, list(node.input))
     outputs = []
     for o in g.output:
         if o.name not in imp.ids or imp.ids[o.name] in imp.inputs:

@@ -15,6 +15,8 @@ and compared with the module's own output: whatever the tracer could not see is 
 silently different model.
 """
 
+import copy
+import inspect
 import operator
 import warnings
 
@@ -166,12 +168,11 @@ def _trace(module, example_input):
             from torch.fx.experimental.meta_tracer import symbolic_trace as meta_trace
         except ImportError:
             raise IRError(f"torch.fx cannot trace {type(module).__name__}: {first}") from None
-        import copy
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 meta_module = copy.deepcopy(module).to("meta")
-                placeholder = next(iter(__import__("inspect").signature(module.forward).parameters))
+                placeholder = next(iter(inspect.signature(module.forward).parameters))
                 return meta_trace(meta_module, meta_args={placeholder: example_input.to("meta")})
             except Exception:
                 raise IRError(f"torch.fx cannot trace {type(module).__name__}: {first}") from None
