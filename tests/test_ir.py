@@ -141,6 +141,8 @@ def test_weight_shape_must_match_attrs(tmp_path):
 
 def test_weights_files_that_are_not_weights(tmp_path):
     graph = write(tmp_path, tiny_nodes())
+    with pytest.raises(ir.IRError, match=r"weights file '.*nowhere.npz' does not exist"):
+        ir.load(graph, weights=tmp_path / "nowhere.npz")
     np.save(tmp_path / "w.npy", np.zeros(3))
     with pytest.raises(ir.IRError, match=r"w.npy' is a single .npy array; weights files are"):
         ir.load(graph, weights=tmp_path / "w.npy")

@@ -194,6 +194,8 @@ def _unpickle(path, key):
 
 def _read_weights(path, trust_pickle):
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise IRError(f"weights file {path!r} does not exist")
     if path.endswith(".safetensors"):
         from prunekit.io.safetensors import read_safetensors
         tensors, _ = read_safetensors(path)
