@@ -609,3 +609,16 @@ def test_cli_keras_file_opens_with_load_model(tmp_path):
         ref = ir.to_torch(graph).eval()(torch.from_numpy(x)).numpy()
     assert out.shape == ref.shape == (2, 3, 5, 5)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_import_prunekit_ir_imports_no_framework():
+    """The Keras layers register lazily: `import prunekit.ir` must not pull in Keras, TensorFlow or torch."""
+    import subprocess
+    import sys
+    code = ("import sys, prunekit.ir\n"
+            "loaded = [m for m in ('keras', 'tensorflow', 'torch', 'onnx') if m in sys.modules]\n"
+            "assert not loaded, loaded\n"
+            "assert any(type(f).__name__ == '_KerasImportHook' for f in sys.meta_path)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=ROOT),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
