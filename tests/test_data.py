@@ -85,3 +85,33 @@ def test_digits_and_synthetic():
     assert digits.x_train.shape == (1437, 1, 8, 8) and digits.x_test.shape == (360, 1, 8, 8)
     s = synthetic(n_train=30, n_test=10)
     assert s.x_train.shape == (30, 1, 28, 28) and set(np.unique(s.y_train)) <= set(range(10))
+
+
+def test_idx_cut_inside_its_header(tmp_path):
+    path = tmp_path / "cut"
+    write_idx(path, np.zeros((4, 5), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:6])  # 4 bytes of magic, 2 of the first dimension
+    with pytest.raises(ConfigError, match=r"'.*cut' is truncated inside its header"):
+        read_idx(path)
+
+
+def test_idx_with_trailing_bytes(tmp_path):
+    path = tmp_path / "long"
+    write_idx(path, np.zeros((4, 5), dtype=np.uint8))
+    path.write_bytes(path.read_bytes() + b"\0\0")
+    with pytest.raises(ConfigError, match="longer than its header says"):
+        read_idx(path)
+
+
+def test_images_and_labels_must_agree(tmp_path):
+    make_idx_dir(tmp_path / "mnist", n_train=20)
+    write_idx(tmp_path / "mnist" / "train-labels-idx1-ubyte.gz", np.zeros(7, dtype=np.uint8))
+    with pytest.raises(ConfigError, match="holds 20 images but .* holds 7 labels"):
+        load("mnist", root=str(tmp_path))
+
+
+def test_missing_root_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    make_idx_dir(tmp_path / "elsewhere" / "mnist")
+    monkeypatch.setenv("PRUNEKIT_DATA", str(tmp_path / "elsewhere"))  # data that a fallback would find
+    with pytest.raises(DatasetNotFound, match="data root '.*typo' is not a directory"):
+        load("mnist", root=str(tmp_path / "typo"))

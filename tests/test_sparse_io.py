@@ -131,7 +131,98 @@ def test_strip():
         pruning.strip([1, 2])
 
 
-def test_file_is_written_atomically(tmp_path):
+def test_file_is_written_atomically(tmp_path, monkeypatch):
+    """A write that fails at its last moment (fsync: disk full) leaves the old file whole and no temporary."""
+    import prunekit.io.atomic
     path = tmp_path / "a.safetensors"
     pruning.save_sparse({"w": torch.ones(2)}, path)
+    before = path.read_bytes()
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(prunekit.io.atomic.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        pruning.save_sparse({"w": torch.arange(1000.0)}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["a.safetensors"]
+    assert torch.equal(pruning.load_sparse(path)["w"], torch.ones(2))
+
+
+def test_concurrent_writers_use_their_own_temporary_files(tmp_path, monkeypatch):
+    """Two writers of one path never share a temporary name (the old code used PATH.tmp for both)."""
+    import prunekit.io.atomic
+    names = []
+    real = prunekit.io.atomic.os.replace
+
+    def record(src, dst):
+        names.append(os.path.basename(src))
+        return real(src, dst)
+    monkeypatch.setattr(prunekit.io.atomic.os, "replace", record)
+    for _ in range(2):
+        pruning.save_sparse({"w": torch.ones(2)}, tmp_path / "a.safetensors")
+    assert len(set(names)) == 2 and all(n.startswith(".a.safetensors.") for n in names)
+
+
+def damaged_metadata(tmp_path, change):
+    import json
+    from prunekit.io.safetensors import read_safetensors, write_safetensors
+    w = torch.zeros(64, 8)
+    w[0, :3] = 1.0
+    w[5, 1] = 2.0
+    pruning.save_sparse({"w": w, "d": torch.ones(3)}, tmp_path / "ok.safetensors")
+    entries, metadata = read_safetensors(tmp_path / "ok.safetensors")
+    meta = json.loads(metadata["prunekit"])
+    change(meta)
+    bad = tmp_path / "bad.safetensors"
+    write_safetensors(bad, entries, {"prunekit": json.dumps(meta)})
+    return bad
+
+
+@pytest.mark.parametrize("label,change", [
+    ("huge shape", lambda m: m["tensors"]["w"].update(shape=[10**13])),
+    ("huge shape (bitmask)", lambda m: m["tensors"]["w"].update(shape=[10**13], encoding="bitmask")),
+    ("overflowing shape", lambda m: m["tensors"]["w"].update(shape=[2**40, 2**40])),
+    ("negative dimension", lambda m: m["tensors"]["w"].update(shape=[-64, 8])),
+    ("float dimension", lambda m: m["tensors"]["w"].update(shape=[64.0, 8])),
+    ("shape as text", lambda m: m["tensors"]["w"].update(shape="64x8")),
+    ("missing key", lambda m: m["tensors"]["w"].pop("encoding")),
+    ("missing crc", lambda m: m["tensors"]["d"].pop("crc32")),
+    ("unknown dtype", lambda m: m["tensors"]["d"].update(dtype="Q7")),
+    ("dense shape differs", lambda m: m["tensors"]["d"].update(shape=[4])),
+    ("tensors not an object", lambda m: m.update(tensors=[1, 2])),
+    ("description not an object", lambda m: m["tensors"].update(w=3)),
+    ("not prunekit's", lambda m: m.update(format="other")),
+])
+def test_damaged_metadata_is_a_format_error_naming_the_file(tmp_path, label, change):
+    bad = damaged_metadata(tmp_path, change)
+    with pytest.raises(FormatError, match="bad.safetensors"):
+        pruning.load_sparse(bad)
+
+
+@pytest.mark.parametrize("shape", [[-1, 4], [2.5, 4], [True, 4], "4"])
+def test_safetensors_reader_refuses_bad_shapes(tmp_path, shape):
+    """Shapes the safetensors package refuses (negative, float, bool, text) are refused here too."""
+    import json
+    import struct
+    from prunekit.io.safetensors import read_safetensors
+    header = json.dumps({"t": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}}).encode()
+    path = tmp_path / "s.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(FormatError, match=r"s\.safetensors.*shape"):
+        read_safetensors(path)
+
+
+def test_files_of_the_safetensors_package_read_here(tmp_path):
+    """The reader and the package agree both ways (the package's numpy writer, prunekit's reader)."""
+    st = pytest.importorskip("safetensors.numpy")
+    import numpy as np
+    from prunekit.io.safetensors import read_safetensors
+    arrays = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.zeros((0, 5), np.int64),
+              "c": np.array(7, dtype=np.float16)}
+    st.save_file(arrays, str(tmp_path / "p.safetensors"), metadata={"k": "v"})
+    tensors, metadata = read_safetensors(tmp_path / "p.safetensors")
+    assert metadata == {"k": "v"}
+    for name, array in arrays.items():
+        dtype, shape, data = tensors[name]
+        assert shape == array.shape and np.array_equal(np.frombuffer(data, array.dtype).reshape(shape), array)

@@ -4,8 +4,8 @@
     prunekit train [flags]            any recipe: dataset, model, optimizer, pattern, every pruning argument
     prunekit plan [flags]             which parameters get which target and pattern, before training
     prunekit report CHECKPOINT        per-layer sparsity, dense/effective MACs, sizes
-    prunekit convert SRC DST          IR (.json) <-> ONNX (.onnx); torch (.pt + --arch) -> IR/ONNX; -> Keras (.keras)
-    prunekit ir show FILE             nodes, ops, parameters and sparsity of an IR graph
+    prunekit convert SRC DST          IR (.json) <-> ONNX (.onnx); torch checkpoint (.pt) -> IR/ONNX; -> Keras (.keras)
+    prunekit ir show FILE             nodes, ops, parameters and sparsity of an IR graph or ONNX model
 
 User errors print one line and exit with status 2; ``--debug`` shows the traceback.
 """
@@ -15,6 +15,7 @@ import json
 import os
 import sys
 
+from prunekit.cli import convert as convert_cli
 from prunekit.errors import PrunekitError
 
 __all__ = ["main", "build_parser"]
@@ -101,22 +102,7 @@ def build_parser():
     plan.add_argument("--model", default="seed-cnn")
     plan.add_argument("--classes", type=int, default=10)
     _add_pruning_flags(plan, 0.9)
-    convert = sub.add_parser("convert", help="convert models between the IR (.json), ONNX (.onnx) and torch (.pt)")
-    convert.add_argument("src", help=".json (IR), .onnx, or .pt (a torch state_dict of --arch)")
-    convert.add_argument("dst", help=".json (IR; weights written beside it), .onnx, .keras (Keras 3)")
-    convert.add_argument("--weights", default=None, help="weights of an IR source (.npz or .safetensors)")
-    convert.add_argument("--out-weights", default=None, help="weights file of an IR destination "
-                         "(default: DST with .safetensors)")
-    convert.add_argument("--arch", default=None, help="torchvision architecture of a .pt source (e.g. resnet50)")
-    convert.add_argument("--num-classes", type=int, default=1000)
-    convert.add_argument("--input-shape", default="1,3,224,224", help="example input of a .pt source")
-    convert.add_argument("--trust-pickle", action="store_true", help="allow pickled .npz weights (original tool)")
-    ir_cmd = sub.add_parser("ir", help="inspect IR files")
-    ir_sub = ir_cmd.add_subparsers(dest="ir_command", required=True)
-    show = ir_sub.add_parser("show", help="nodes, ops, parameters and sparsity of an IR graph")
-    show.add_argument("file")
-    show.add_argument("--weights", default=None)
-    show.add_argument("--trust-pickle", action="store_true")
+    convert_cli.add_parsers(sub)
     report = sub.add_parser("report", help="sparsity, MACs and sizes of a checkpoint")
     report.add_argument("checkpoint")
     report.add_argument("--json", action="store_true", help="print JSON")
@@ -228,71 +214,6 @@ def _report(args):
         print(f"MACs: dense {m['dense']:,}, effective {m['effective']:,.0f}, pruning rate {m['pruning_rate']:.4f}")
 
 
-def _load_any(args):
-    """An IR graph from a .json, .onnx or torch .pt source."""
-    import warnings
-    from prunekit import ir
-    src = args.src
-    if src.endswith(".json"):
-        with warnings.catch_warnings():
-            if args.weights is None:
-                warnings.simplefilter("always")
-            return ir.load(src, weights=args.weights, trust_pickle=args.trust_pickle)
-    if src.endswith(".onnx"):
-        return ir.from_onnx(src)
-    if src.endswith((".pt", ".pth")):
-        import torch
-        import torchvision
-        if not args.arch or not hasattr(torchvision.models, args.arch):
-            raise ValueError(f"a .pt source needs --arch naming a torchvision model (e.g. resnet50); got {args.arch!r}")
-        model = getattr(torchvision.models, args.arch)(num_classes=args.num_classes)
-        state = torch.load(src, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-        shape = tuple(int(d) for d in args.input_shape.split(","))
-        return ir.from_torch(model.eval(), torch.zeros(shape))
-    raise ValueError(f"cannot read {src!r}: the source must end with .json, .onnx, .pt or .pth")
-
-
-def _convert(args):
-    import os
-    from prunekit import ir
-    graph = _load_any(args)
-    if args.dst.endswith(".onnx"):
-        ir.to_onnx(graph, args.dst)
-        print(f"wrote {args.dst}")
-    elif args.dst.endswith(".json"):
-        weights = args.out_weights or os.path.splitext(args.dst)[0] + ".safetensors"
-        ir.save(graph, args.dst, weights)
-        print(f"wrote {args.dst} and {weights}")
-    elif args.dst.endswith(".keras"):
-        ir.to_keras(graph).save(args.dst)
-        print(f"wrote {args.dst}")
-    else:
-        raise ValueError(f"cannot write {args.dst!r}: the destination must end with .json, .onnx or .keras")
-
-
-def _ir_show(args):
-    import collections
-    import warnings
-
-    import numpy as np
-    from prunekit import ir
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        graph = ir.load(args.file, weights=args.weights, trust_pickle=args.trust_pickle)
-    ops = collections.Counter(n.op for n in graph.nodes.values())
-    params = sum(int(np.prod(w.shape)) for w in graph.weights.values())
-    matrices = [w for w in graph.weights.values() if w.ndim >= 2]
-    zeros = sum(int((w == 0).sum()) for w in matrices)
-    total = sum(w.size for w in matrices)
-    print(f"{args.file}: {len(graph.nodes)} nodes, inputs {dict(graph.inputs)}, outputs {graph.outputs}")
-    for op, count in ops.most_common():
-        print(f"  {op:<22} {count}")
-    source = "from the attrs (no weights file)" if args.weights is None else args.weights
-    print(f"{len(graph.weights)} weights, {params:,} parameters ({source}); "
-          f"sparsity of weight matrices/kernels {zeros / max(1, total):.4f}")
-
-
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -306,9 +227,9 @@ def main(argv=None):
         elif args.command == "report":
             _report(args)
         elif args.command == "convert":
-            _convert(args)
+            convert_cli.convert(args)
         elif args.command == "ir":
-            _ir_show(args)
+            convert_cli.ir_show(args)
         return 0
     except (PrunekitError, ValueError, TypeError, OSError, KeyError) as e:
         if args.debug:

@@ -73,7 +73,13 @@ def _load_idx_dir(name, directory):
         paths = [_find_file(directory, images), _find_file(directory, labels)]
         if None in paths:
             return None
-        arrays[split] = (read_idx(paths[0]), read_idx(paths[1]))
+        x, y = read_idx(paths[0]), read_idx(paths[1])
+        if x.ndim != 3 or y.ndim != 1:
+            raise ConfigError(f"{paths[0]!r} and {paths[1]!r} must hold images (N, H, W) and labels (N,); "
+                              f"got shapes {x.shape} and {y.shape}")
+        if len(x) != len(y):
+            raise ConfigError(f"{paths[0]!r} holds {len(x)} images but {paths[1]!r} holds {len(y)} labels")
+        arrays[split] = (x, y)
     (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
 
     def images(x):
@@ -130,7 +136,7 @@ def load(name, root=None, download=False):
 
     Args:
         name: one of :data:`DATASETS`.
-        root: a directory to look in first (IDX files, possibly in torchvision's layout).
+        root: a directory to look in first (IDX files, possibly in torchvision's layout); it must exist.
         download: allow a torchvision download when no local copy exists.
 
     Raises:
@@ -142,6 +148,9 @@ def load(name, root=None, download=False):
         return _digits()
     if name == "synthetic":
         return synthetic()
+    if root is not None and not os.path.isdir(root):
+        raise DatasetNotFound(f"data root {os.fspath(root)!r} is not a directory; pass a directory that holds "
+                              f"the IDX files of {name!r}, or leave it out to search the usual places")
     places = _candidates(name, root)
     for place in places:
         if os.path.isdir(place):

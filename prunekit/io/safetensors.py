@@ -5,8 +5,12 @@ The format: 8 bytes little-endian header length, a JSON header ``{name: {"dtype"
 written here load with the ``safetensors`` package and the other way round. Tensors are passed as
 ``(dtype_name, shape, bytes)`` so that dtypes numpy lacks (BF16) travel unchanged.
 
-Nothing is executed or unpickled while reading; every inconsistency (short file, offsets outside the
-data, overlapping or unused bytes, a size that does not match dtype x shape) raises ``FormatError``.
+Nothing is executed or unpickled while reading. The header is read and checked in full against the
+file's size before any tensor's bytes are read, so a damaged header never makes the reader allocate
+what it claims; every inconsistency (a short file, a shape that is not a list of non-negative integers,
+offsets outside the data, overlapping or unused bytes, a size that does not match dtype x shape)
+raises ``FormatError`` naming the file. Writing goes through a unique temporary file in the same
+directory, fsynced and renamed over the destination (:mod:`prunekit.io.atomic`).
 """
 
 import json
@@ -14,6 +18,7 @@ import os
 import struct
 
 from prunekit.errors import ConfigError
+from prunekit.io.atomic import atomic_open
 
 __all__ = ["read_safetensors", "write_safetensors", "FormatError", "ITEMSIZE"]
 
@@ -26,13 +31,33 @@ class FormatError(ConfigError):
     """A file is not a valid safetensors file (truncated, corrupted, or inconsistent)."""
 
 
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _nbytes(dtype, shape):
+    size = ITEMSIZE[dtype]
+    for d in shape:
+        size *= d
+    return size
+
+
 def write_safetensors(path, tensors, metadata=None):
-    """Write ``{name: (dtype, shape, bytes)}`` and string ``metadata`` atomically (temp file + rename)."""
+    """Write ``{name: (dtype, shape, bytes)}`` and string ``metadata`` atomically.
+
+    Everything is checked before the file is opened; on any error the destination is left as it was
+    and no temporary file remains.
+    """
     header, offset = {}, 0
     for name, (dtype, shape, data) in tensors.items():
-        expected = ITEMSIZE[dtype]
-        for d in shape:
-            expected *= d
+        if not isinstance(name, str) or name == "__metadata__":
+            raise ValueError(f"tensor name {name!r} cannot be stored (a string other than '__metadata__')")
+        if dtype not in ITEMSIZE:
+            raise ValueError(f"tensor {name!r}: dtype {dtype!r} is not a safetensors dtype; accepted: "
+                             f"{', '.join(ITEMSIZE)}")
+        if not all(_is_count(d) for d in shape):
+            raise ValueError(f"tensor {name!r}: shape {list(shape)} must be non-negative integers")
+        expected = _nbytes(dtype, shape)
         if len(data) != expected:
             raise ValueError(f"tensor {name!r}: {len(data)} bytes for {dtype} {list(shape)} (needs {expected})")
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
@@ -41,55 +66,72 @@ def write_safetensors(path, tensors, metadata=None):
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # align the data to 8 bytes, as the reference writer does
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_open(path) as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for _, _, data in tensors.values():
             f.write(data)
-    os.replace(tmp, path)
 
 
-def read_safetensors(path):
-    """Read a safetensors file: ``({name: (dtype, shape, bytes)}, metadata)``; ``FormatError`` if invalid."""
-    with open(path, "rb") as f:
-        blob = f.read()
-    where = os.fspath(path)
-    if len(blob) < 8:
-        raise FormatError(f"{where!r} is not a safetensors file: {len(blob)} bytes")
-    (n,) = struct.unpack("<Q", blob[:8])
-    if n > _MAX_HEADER or 8 + n > len(blob):
-        raise FormatError(f"{where!r} is truncated or not a safetensors file (header of {n} bytes, file of {len(blob)})")
+def _read_header(f, where, file_size):
+    if file_size < 8:
+        raise FormatError(f"{where!r} is not a safetensors file: {file_size} bytes")
+    (n,) = struct.unpack("<Q", f.read(8))
+    if n > _MAX_HEADER or 8 + n > file_size:
+        raise FormatError(f"{where!r} is truncated or not a safetensors file (header of {n} bytes, file of "
+                          f"{file_size})")
     try:
-        header = json.loads(blob[8:8 + n])
+        header = json.loads(f.read(n))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"{where!r} has a corrupted header: {e}") from None
     if not isinstance(header, dict):
         raise FormatError(f"{where!r} has a corrupted header (not a JSON object)")
-    metadata = header.pop("__metadata__", {}) or {}
-    data = memoryview(blob)[8 + n:]
-    spans, tensors = [], {}
-    for name, entry in header.items():
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise FormatError(f"{where!r}: header entry {name!r} is malformed") from None
-        if dtype not in ITEMSIZE:
-            raise FormatError(f"{where!r}: tensor {name!r} has unknown dtype {dtype!r}")
-        size = ITEMSIZE[dtype]
-        for d in shape:
-            size *= d
-        if not (0 <= begin <= end <= len(data)) or end - begin != size:
-            raise FormatError(f"{where!r} is truncated or corrupted: tensor {name!r} ({dtype} {shape}) needs bytes "
-                              f"[{begin}, {end}) of {len(data)}")
-        spans.append((begin, end))
-        tensors[name] = (dtype, tuple(shape), bytes(data[begin:end]))
-    spans.sort()
-    position = 0
-    for begin, end in spans:
-        if begin != position:
-            raise FormatError(f"{where!r} is corrupted: tensor data overlaps or leaves a gap at byte {position}")
-        position = end
-    if position != len(data):
-        raise FormatError(f"{where!r} is corrupted: {len(data) - position} bytes after the last tensor")
+    return header, 8 + n
+
+
+def _check_entry(where, name, entry, data_size):
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise FormatError(f"{where!r}: header entry {name!r} is malformed (needs exactly dtype, shape, "
+                          "data_offsets)")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in ITEMSIZE:
+        raise FormatError(f"{where!r}: tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise FormatError(f"{where!r}: tensor {name!r} has shape {shape!r}; a shape is a list of non-negative "
+                          "integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise FormatError(f"{where!r}: tensor {name!r} has data_offsets {offsets!r}; expected [begin, end]")
+    begin, end = offsets
+    size = _nbytes(dtype, shape)
+    if not begin <= end <= data_size or end - begin != size:
+        raise FormatError(f"{where!r} is truncated or corrupted: tensor {name!r} ({dtype} {shape}) needs bytes "
+                          f"[{begin}, {end}) of {data_size}")
+    return dtype, tuple(shape), begin, end
+
+
+def read_safetensors(path):
+    """Read a safetensors file: ``({name: (dtype, shape, bytes)}, metadata)``; ``FormatError`` if invalid."""
+    where = os.fspath(path)
+    with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        header, start = _read_header(f, where, file_size)
+        metadata = header.pop("__metadata__", {}) or {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise FormatError(f"{where!r}: __metadata__ must map strings to strings")
+        data_size = file_size - start
+        entries = {name: _check_entry(where, name, entry, data_size) for name, entry in header.items()}
+        position = 0
+        for _, _, begin, end in sorted(entries.values(), key=lambda e: (e[2], e[3])):
+            if begin != position:
+                raise FormatError(f"{where!r} is corrupted: tensor data overlaps or leaves a gap at byte {position}")
+            position = end
+        if position != data_size:
+            raise FormatError(f"{where!r} is corrupted: {data_size - position} bytes after the last tensor")
+        tensors = {}
+        for name, (dtype, shape, begin, end) in entries.items():  # every check passed: now read the bytes
+            f.seek(start + begin)
+            data = f.read(end - begin)
+            if len(data) != end - begin:
+                raise FormatError(f"{where!r} was truncated while being read (tensor {name!r})")
+            tensors[name] = (dtype, shape, data)
     return tensors, metadata

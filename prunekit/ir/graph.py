@@ -1,81 +1,31 @@
 """The IR: a graph of nodes whose inputs are node ids or weight names, plus the weights (numpy only).
 
-It reads the original tool's node lists (``../shared/ir-samples``: TVM-Relay-like ``{"node_id",
-"node_type", "op_type", "inputs", "attrs"}``) and prunekit's own versioned format (a JSON object with
-``format_version``, ``nodes`` and ``outputs``). Every graph is validated on load; each problem is an
-``IRError`` naming the node id.
+It reads the original tool's node lists (TVM-Relay-like ``{"node_id", "node_type", "op_type", "inputs",
+"attrs"}``; two samples are in ``tests/data``) and prunekit's own versioned format (a JSON object with
+``format_version``, ``inputs``, ``nodes``, ``outputs`` and the name of its ``weights`` file). Nothing in a
+file is trusted: every node is checked (:mod:`prunekit.ir.checks`) and each problem is an ``IRError``
+naming the node id.
 """
 
 import json
+import math
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from prunekit.errors import ConfigError
+from prunekit.io.atomic import atomic_path
+from prunekit.ir.checks import OPS, IRError, check_node, infer, pads, pair
 
-__all__ = ["IRError", "Node", "Graph", "OPS", "FORMAT_VERSION", "load", "save"]
+__all__ = ["IRError", "Node", "Graph", "OPS", "FORMAT_VERSION", "load", "save", "find_weights", "pair", "pads"]
 
 FORMAT_VERSION = 1
-
-
-class IRError(ConfigError):
-    """A graph or weights file that cannot be used, with the node id at fault."""
-
-
-def pair(value):
-    """An attr given as one number or two, as ``(h, w)``."""
-    v = [int(x) for x in (value if isinstance(value, (list, tuple)) else [value])]
-    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
-
-
-def pads(value):
-    """TVM padding: 1, 2 ``(h, w)`` or 4 ``(top, left, bottom, right)`` numbers -> ``(top, left, bottom, right)``."""
-    v = [int(x) for x in (value if isinstance(value, (list, tuple)) else [value])]
-    if len(v) == 1:
-        v = v * 2
-    return (v[0], v[1], v[0], v[1]) if len(v) == 2 else tuple(v[:4])
-
-
-def _ints(value, n=None):
-    values = [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-    return values * n if n and len(values) == 1 else values
-
-
-def _conv_shapes(a):
-    return {1: tuple(_ints(a["W_shape"]))}
-
-
-def _bn_shapes(a):
-    c = _ints(a["_shape"])[0]
-    return {i: (c,) for i in (1, 2, 3, 4)}
-
-
-def _dense_shapes(a):
-    shape = _ints(a["_shape"]) if "_shape" in a else None
-    return {1: tuple(shape)} if shape and len(shape) == 2 else {}
-
-
-def _bias_shapes(a):
-    return {1: tuple(_ints(a["_shape"]))}
-
-
-# op -> (number of inputs, required attrs, weight shapes from attrs keyed by input position)
-OPS = {
-    "nn.conv2d": (2, ("W_shape", "strides", "padding", "kernel_size"), _conv_shapes),
-    "nn.conv2d_transpose": (2, ("W_shape", "strides", "padding", "kernel_size"), _conv_shapes),
-    "nn.batch_norm": (5, ("_shape",), _bn_shapes),
-    "nn.relu": (1, (), None),
-    "sigmoid": (1, (), None),
-    "add": (2, (), None),
-    "nn.max_pool2d": (1, ("pool_size", "strides", "padding"), None),
-    "nn.avg_pool2d": (1, ("pool_size", "strides", "padding"), None),
-    "nn.global_avg_pool2d": (1, (), None),
-    "nn.batch_flatten": (1, (), None),
-    "nn.dense": (2, ("units",), _dense_shapes),
-    "nn.bias_add": (2, ("_shape",), _bias_shapes),
-}
+#: Weights that ``weights="random"`` may create at most (4 GiB of float32): a W_shape of
+#: ``[100000, 100000, 3, 3]`` is a damaged file, not a model to initialise.
+MAX_RANDOM_ELEMENTS = 2**30
+_WEIGHT_SUFFIXES = (".safetensors", ".npz")
+_NODE_KEYS = {"node_id", "node_type", "node_name", "op_type", "inputs", "attrs", "shape"}
+_DOC_KEYS = {"format_version", "inputs", "nodes", "outputs", "weights"}
 
 
 @dataclass
@@ -97,12 +47,16 @@ class Node:
 
 @dataclass
 class Graph:
-    """Nodes in topological order, graph inputs (``{id: shape}``), outputs (node ids) and weights."""
+    """Nodes in topological order, graph inputs (``{id: shape}``), outputs (node ids) and weights.
+
+    ``weights_file`` says where :func:`load` took the weights from (a path, or ``"random"``).
+    """
 
     nodes: dict
     inputs: dict
     outputs: list
     weights: dict = field(default_factory=dict)
+    weights_file: str = None
 
     def node(self, node_id):
         """The node with this id (edit its ``attrs`` before building a model)."""
@@ -118,67 +72,84 @@ class Graph:
     def weight_names(self):
         return [i for n in self.nodes.values() for i in n.inputs if isinstance(i, str)]
 
-    def validate(self):
-        """Check ops, attrs, references, order (no cycles) and weight shapes; raise ``IRError``."""
+    def validate(self, weights=True):
+        """Check every node, the order (no cycles), the shapes and, with ``weights``, that every weight is
+        present with the shape and dtype its node expects. Raises ``IRError`` naming the node."""
+        self.shapes(weights)
+        return self
+
+    def shapes(self, weights=True):
+        """``{node id: output shape}`` for the graph's input shapes (after the checks of :meth:`validate`)."""
+        if not self.inputs:
+            raise IRError("the graph has no input")
+        for nid, shape in self.inputs.items():
+            if not isinstance(shape, (tuple, list)) or not shape or not all(
+                    isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in shape):
+                raise IRError(f"graph input {nid}: shape {shape!r} must be a non-empty list of positive integers")
         seen = set(self.inputs)
         for node in self.nodes.values():
-            if node.op not in OPS:
-                raise IRError(f"node {node.id}: unknown op {node.op!r}; supported: {', '.join(OPS)}")
-            arity, required, shapes = OPS[node.op]
-            if len(node.inputs) != arity:
-                raise IRError(f"node {node.id} ({node.op}) has {len(node.inputs)} inputs; it needs {arity}")
-            missing = [a for a in required if a not in node.attrs]
-            if missing:
-                raise IRError(f"node {node.id} ({node.op}) lacks attrs {missing}")
-            for position, ref in enumerate(node.inputs):
+            check_node(node)
+            for ref in node.inputs:
                 if isinstance(ref, str):
+                    if weights and ref not in self.weights:
+                        raise IRError(f"node {node.id}: weight {ref!r} is missing")
                     continue
                 if ref == node.id or ref in self.nodes and ref not in seen:
                     raise IRError(f"node {node.id}: input {ref} comes later in the graph (a cycle or bad order)")
                 if ref not in seen:
                     raise IRError(f"node {node.id}: input {ref} is defined by no node")
-            expected = shapes(node.attrs) if shapes else {}
-            for position, shape in expected.items():
-                ref = node.inputs[position]
-                if not isinstance(ref, str):
-                    raise IRError(f"node {node.id} ({node.op}): input {position} must be a weight name; got {ref!r}")
-                if ref in self.weights and tuple(self.weights[ref].shape) != tuple(shape):
-                    raise IRError(f"node {node.id}: weight {ref!r} has shape {tuple(self.weights[ref].shape)}; "
-                                  f"its attrs say {tuple(shape)}")
             seen.add(node.id)
+        if not isinstance(self.outputs, (list, tuple)) or not self.outputs:
+            raise IRError(f"the graph's outputs must be a non-empty list of node ids; got {self.outputs!r}")
         for out in self.outputs:
-            if out not in seen:
-                raise IRError(f"output {out} is defined by no node")
-        return self
+            if out not in self.nodes:
+                raise IRError(f"output {out!r} is defined by no node")
+        return infer(self)[0]
 
     def expected_weight_shapes(self):
-        """``{weight name: shape}`` the attrs define (weights with no shape in the attrs are absent)."""
-        out = {}
-        for node in self.nodes.values():
-            shapes = OPS[node.op][2]
-            for position, shape in (shapes(node.attrs) if shapes else {}).items():
-                out[node.inputs[position]] = tuple(shape)
-        return out
+        """``{weight name: shape}`` the attrs and the input shapes define."""
+        return infer(self)[1]
+
+
+def _field(item, key, kinds, what):
+    value = item.get(key)
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        raise IRError(f"node {item.get('node_id')!r}: {key} must be {what}; got {value!r}")
+    return value
 
 
 def _from_original(items):
     nodes, inputs = {}, {}
+    if not isinstance(items, list):
+        raise IRError(f"the graph's nodes must be a list; got {type(items).__name__}")
     for item in items:
         if not isinstance(item, dict) or "node_id" not in item or "op_type" not in item:
             raise IRError(f"not an IR node (needs node_id and op_type): {str(item)[:120]}")
         nid = item["node_id"]
-        if not isinstance(nid, int):
+        if not isinstance(nid, int) or isinstance(nid, bool):
             raise IRError(f"node id {nid!r} is not an integer")
+        unknown = sorted(set(item) - _NODE_KEYS)
+        if unknown:
+            raise IRError(f"node {nid}: unknown fields {unknown}; a node has {sorted(_NODE_KEYS)}")
         if nid in nodes or nid in inputs:
             raise IRError(f"node {nid} is defined twice")
-        if item.get("node_type") == "Var" or item["op_type"] == "Const" and "inputs" not in item:
-            inputs[nid] = tuple(item.get("shape") or ())
+        op = _field(item, "op_type", str, "a string")
+        if item.get("node_name") is not None:
+            _field(item, "node_name", str, "a string")
+        if item.get("node_type") == "Var" or op == "Const" and "inputs" not in item:
+            shape = _field(item, "shape", list, "a list of positive integers (the input's NCHW shape)")
+            inputs[nid] = tuple(shape)
             continue
-        refs = item.get("inputs") or []
+        if item.get("node_type", "Call") != "Call":
+            raise IRError(f"node {nid}: node_type {item['node_type']!r}; accepted: Var (an input), Call")
+        refs = _field(item, "inputs", list, "a list of node ids and weight names")
         for ref in refs:
             if not isinstance(ref, (int, str)) or isinstance(ref, bool):
                 raise IRError(f"node {nid}: input {ref!r} is neither a node id nor a weight name")
-        nodes[nid] = Node(nid, item["op_type"], list(refs), dict(item.get("attrs") or {}), item.get("node_name"))
+        attrs = item.get("attrs")
+        if attrs is not None and not isinstance(attrs, dict):
+            raise IRError(f"node {nid} ({op}): attrs must be an object or null; got {attrs!r}")
+        nodes[nid] = Node(nid, op, list(refs), dict(attrs or {}), item.get("node_name"))
     return nodes, inputs
 
 
@@ -187,38 +158,109 @@ def _default_outputs(nodes):
     return [nid for nid in nodes if nid not in used]
 
 
+def _read_npz(path, trust_pickle):
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise IRError(f"{path!r} is not a readable .npz archive: {e}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise IRError(f"{path!r} holds a single array (.npy); weights are an archive of named arrays: "
+                      "np.savez(path, name=array, ...) or a .safetensors file")
+    out = {}
+    with archive:
+        for k in archive.files:
+            try:
+                out[k] = archive[k]
+            except ValueError as e:
+                if "pickle" not in str(e).lower():
+                    raise IRError(f"{path!r}: entry {k!r} cannot be read: {e}") from None
+                if not trust_pickle:
+                    raise IRError(f"{path!r} holds pickled objects (entry {k!r}), which can run code when loaded; "
+                                  "prunekit refuses them. If you trust the file (the original tool's pickled "
+                                  "dict), pass trust_pickle=True (--trust-pickle)") from None
+                out.update(_unpickle(path, k))
+    return out
+
+
+def _unpickle(path, key):
+    with np.load(path, allow_pickle=True) as archive:  # only with the explicit opt-in
+        value = archive[key]
+    if value.dtype == object and value.shape == ():
+        value = value.item()
+    if isinstance(value, dict):
+        return {str(name): np.asarray(v) for name, v in value.items()}
+    return {key: np.asarray(value)}
+
+
 def _read_weights(path, trust_pickle):
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise IRError(f"weights file {path!r} does not exist")
     if path.endswith(".safetensors"):
         from prunekit.io.safetensors import read_safetensors
         tensors, _ = read_safetensors(path)
-        kinds = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32}
+        kinds = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
         out = {}
         for name, (dtype, shape, data) in tensors.items():
             if dtype not in kinds:
-                raise IRError(f"{path!r}: weight {name!r} has dtype {dtype}, which the IR does not read")
-            out[name] = np.frombuffer(data, dtype=kinds[dtype]).reshape(shape).copy()
+                raise IRError(f"{path!r}: weight {name!r} has dtype {dtype}; the IR reads {', '.join(kinds)}")
+            out[name] = np.frombuffer(data, dtype=np.dtype(kinds[dtype]).newbyteorder("<")).reshape(shape).astype(
+                kinds[dtype])
         return out
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"PK"):
+        return _read_npz(path, trust_pickle)
+    kind = "a single .npy array" if magic == b"\x93NUMPY" else "neither a .npz archive nor safetensors"
+    raise IRError(f"{path!r} is {kind}; weights files are .safetensors or .npz (np.savez(path, name=array))")
+
+
+def find_weights(json_path):
+    """The weights file of a graph file as prunekit writes the pair: the name its JSON records, else
+    ``<stem>.safetensors`` or ``<stem>.npz`` beside it. ``None`` when there is none."""
+    json_path = os.fspath(json_path)
+    stem = os.path.splitext(json_path)[0]
+    found = [stem + s for s in _WEIGHT_SUFFIXES if os.path.isfile(stem + s)]
+    if len(found) > 1:
+        raise IRError(f"{json_path!r} has two weights files beside it ({', '.join(found)}); pass the one to use")
+    return found[0] if found else None
+
+
+def _read_doc(json_path):
+    where = os.fspath(json_path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {k: archive[k] for k in archive.files}
-    except ValueError as e:
-        if "pickle" not in str(e).lower():
-            raise IRError(f"{path!r} is not a readable weights file: {e}") from None
-        if not trust_pickle:
-            raise IRError(f"{path!r} holds pickled objects, which can run code when loaded; prunekit refuses them. "
-                          "If you trust the file (the original tool's pickled dict), pass trust_pickle=True") from None
-    with np.load(path, allow_pickle=True) as archive:  # only with the explicit opt-in above
-        out = {}
-        for k in archive.files:
-            value = archive[k]
-            if value.dtype == object and value.shape == ():
-                value = value.item()
-            if isinstance(value, dict):
-                out.update({name: np.asarray(v) for name, v in value.items()})
-            else:
-                out[k] = np.asarray(value)
-        return out
+        with open(json_path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise IRError(f"graph file {where!r} does not exist") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        hint = "; for an ONNX model use ir.from_onnx (prunekit convert M.onnx M.json)" if where.endswith(".onnx") \
+            else ""
+        kind = "a binary file" if isinstance(e, UnicodeDecodeError) else f"not JSON ({e})"
+        raise IRError(f"{where!r} is not an IR graph: {kind}{hint}") from None
+
+
+def _parse(doc, where):
+    if isinstance(doc, dict):
+        if doc.get("format_version") != FORMAT_VERSION:
+            raise IRError(f"{where!r} has format_version {doc.get('format_version')!r}; this prunekit reads "
+                          f"{FORMAT_VERSION} and the original node lists")
+        unknown = sorted(set(doc) - _DOC_KEYS)
+        if unknown:
+            raise IRError(f"{where!r}: unknown fields {unknown}; a prunekit IR document has {sorted(_DOC_KEYS)}")
+        inputs, nodes = doc.get("inputs", []), doc.get("nodes", [])
+        if not isinstance(inputs, list) or not isinstance(nodes, list):
+            raise IRError(f"{where!r}: inputs and nodes must be lists")
+        nodes, inputs = _from_original(inputs + nodes)
+        outputs = doc.get("outputs") or _default_outputs(nodes)
+        recorded = doc.get("weights")
+        if recorded is not None and not isinstance(recorded, str):
+            raise IRError(f"{where!r}: weights must be a file name; got {recorded!r}")
+        return Graph(nodes, inputs, outputs), recorded
+    if isinstance(doc, list):
+        nodes, inputs = _from_original(doc)
+        return Graph(nodes, inputs, _default_outputs(nodes)), None
+    raise IRError(f"{where!r} is neither a node list nor a prunekit IR document")
 
 
 def load(json_path, weights=None, trust_pickle=False, seed=0):
@@ -226,84 +268,105 @@ def load(json_path, weights=None, trust_pickle=False, seed=0):
 
     Args:
         json_path: the graph file.
-        weights: ``.npz`` or ``.safetensors``; ``None`` initialises every weight from the attrs'
-            shapes (with a warning) so that the graph can be inspected and run.
+        weights: ``.npz`` or ``.safetensors``. ``None``: the file the graph records (``ir.save`` writes its
+            name), else ``<stem>.safetensors`` or ``<stem>.npz`` beside the graph; an ``IRError`` when
+            there is none. ``"random"``: every weight initialised from the shapes (He-normal kernels, BN
+            identity), for graphs that come without weights, such as the original tool's samples.
         trust_pickle: allow an ``.npz`` with pickled objects (the original tool's dict files).
-        seed: for the initialised weights.
+        seed: for ``weights="random"``.
     """
-    try:
-        with open(json_path) as f:
-            doc = json.load(f)
-    except json.JSONDecodeError as e:
-        raise IRError(f"{os.fspath(json_path)!r} is not JSON: {e}") from None
-    if isinstance(doc, dict):
-        if doc.get("format_version") != FORMAT_VERSION:
-            raise IRError(f"{os.fspath(json_path)!r} has format_version {doc.get('format_version')!r}; "
-                          f"this prunekit reads {FORMAT_VERSION} and the original node lists")
-        nodes, inputs = _from_original(doc.get("inputs", []) + doc.get("nodes", []))
-        outputs = list(doc.get("outputs") or _default_outputs(nodes))
-    elif isinstance(doc, list):
-        nodes, inputs = _from_original(doc)
-        outputs = _default_outputs(nodes)
-    else:
-        raise IRError(f"{os.fspath(json_path)!r} is neither a node list nor a prunekit IR document")
-    graph = Graph(nodes, inputs, outputs)
-    graph.validate()
-    expected = graph.expected_weight_shapes()
+    where = os.fspath(json_path)
+    graph, recorded = _parse(_read_doc(json_path), where)
+    graph.validate(weights=False)
+    if isinstance(weights, str) and weights == "random":
+        graph.weights, graph.weights_file = _initial_weights(graph, seed), "random"
+        return graph.validate()
     if weights is None:
-        warnings.warn(f"prunekit.ir: no weights for {os.fspath(json_path)!r}; initialising "
-                      f"{len(set(graph.weight_names()))} weights from the shapes in the attrs", stacklevel=2)
-        graph.weights = _initial_weights(graph, expected, seed)
-    else:
-        graph.weights = _read_weights(weights, trust_pickle)
-        missing = sorted(set(graph.weight_names()) - set(graph.weights))
-        if missing:
-            users = [n.id for n in graph.nodes.values() if missing[0] in n.inputs]
-            raise IRError(f"node {users[0]}: weight {missing[0]!r} is not in {os.fspath(weights)!r} "
-                          f"({len(missing)} missing)")
-    graph.validate()
-    return graph
+        if recorded is not None:
+            weights = os.path.join(os.path.dirname(where), recorded)
+            if not os.path.isfile(weights):
+                raise IRError(f"{where!r} records its weights in {recorded!r}, which does not exist ({weights!r}); "
+                              "pass weights=PATH, or weights='random' to initialise them from the shapes "
+                              "(--random-weights)")
+        else:
+            weights = find_weights(where)
+        if weights is None:
+            stem = os.path.splitext(where)[0]
+            raise IRError(f"no weights for {where!r}: found neither {stem}.safetensors nor {stem}.npz; pass "
+                          "weights=PATH, or weights='random' to initialise them from the shapes (--random-weights)")
+    graph.weights, graph.weights_file = _read_weights(weights, trust_pickle), os.fspath(weights)
+    missing = sorted(set(graph.weight_names()) - set(graph.weights))
+    if missing:
+        users = [n.id for n in graph.nodes.values() if missing[0] in n.inputs]
+        raise IRError(f"node {users[0]}: weight {missing[0]!r} is not in {os.fspath(weights)!r} "
+                      f"({len(missing)} missing)")
+    return graph.validate()
 
 
-def _initial_weights(graph, expected, seed):
+def _initial_weights(graph, seed):
+    expected = graph.expected_weight_shapes()
+    total = sum(math.prod(s) for s in expected.values())
+    if total > MAX_RANDOM_ELEMENTS:
+        name = max(expected, key=lambda k: math.prod(expected[k]))
+        node = graph.find(weight=name)[0].id
+        raise IRError(f"node {node}: initialising {total:,} weights from the attrs exceeds {MAX_RANDOM_ELEMENTS:,} "
+                      f"(weight {name!r} alone has shape {expected[name]}); is the file damaged?")
     rng = np.random.default_rng(seed)
     out = {}
     for node in graph.nodes.values():
         for ref in node.inputs:
             if not isinstance(ref, str) or ref in out:
                 continue
-            shape = expected.get(ref)
-            if shape is None:
-                raise IRError(f"node {node.id}: weight {ref!r} has no shape in the attrs; a weights file is needed")
-            if ref.endswith("running_var") or ref.endswith("gamma"):
-                out[ref] = np.ones(shape, np.float32)
-            elif ref.endswith(("running_mean", "beta", "bias")):
+            shape = expected[ref]
+            if node.op == "nn.batch_norm":
+                role = node.inputs.index(ref)  # gamma, beta, mean, var
+                out[ref] = np.ones(shape, np.float32) if role in (1, 4) else np.zeros(shape, np.float32)
+            elif node.op == "nn.bias_add":
                 out[ref] = np.zeros(shape, np.float32)
             else:
-                fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+                fan_in = math.prod(shape[1:]) if len(shape) > 1 else 1
                 out[ref] = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
     return out
 
 
+_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64"}
+
+
 def save(graph, json_path, weights_path=None):
-    """Write prunekit's versioned format, and the weights as ``.npz`` or ``.safetensors``."""
+    """Write prunekit's versioned format, and the weights as ``.npz`` or ``.safetensors``.
+
+    Everything is checked before a byte is written; both files are written under temporary names and
+    renamed into place only when both are complete, so an error leaves neither half of the pair. The
+    graph records its weights file's name, so ``load(json_path)`` finds it.
+    """
+    json_path = os.fspath(json_path)
+    weights_path = None if weights_path is None else os.fspath(weights_path)
+    if weights_path is not None and not weights_path.endswith(_WEIGHT_SUFFIXES):
+        raise IRError(f"weights file {weights_path!r} must end with .npz or .safetensors")
+    if weights_path is not None and os.path.abspath(weights_path) == os.path.abspath(json_path):
+        raise IRError(f"the graph and its weights cannot both be {json_path!r}")
     graph.validate()
     doc = {"format_version": FORMAT_VERSION,
-           "inputs": [{"node_id": i, "node_type": "Var", "op_type": "Const", "shape": list(s)}
+           "inputs": [{"node_id": i, "node_type": "Var", "op_type": "Const", "shape": [int(d) for d in s]}
                       for i, s in graph.inputs.items()],
            "nodes": [n.to_json() for n in graph.nodes.values()], "outputs": list(graph.outputs)}
-    with open(json_path, "w") as f:
-        json.dump(doc, f, indent=1)
-    if weights_path is None:
-        return
-    weights_path = os.fspath(weights_path)
+    if weights_path is not None:
+        doc["weights"] = os.path.relpath(os.path.abspath(weights_path), os.path.dirname(os.path.abspath(json_path)))
+    text = json.dumps(doc, indent=1)
+    used = {k: np.ascontiguousarray(graph.weights[k]) for k in dict.fromkeys(graph.weight_names())}
+    with atomic_path(json_path) as json_tmp:  # both complete under temporary names before either is renamed
+        with open(json_tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        if weights_path is not None:
+            with atomic_path(weights_path) as weights_tmp:  # renamed first: the graph never names a missing file
+                _write_weights(weights_tmp, weights_path, used)
+
+
+def _write_weights(tmp, weights_path, weights):
     if weights_path.endswith(".safetensors"):
         from prunekit.io.safetensors import write_safetensors
-        names = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64",
-                 np.dtype(np.int64): "I64", np.dtype(np.int32): "I32"}
-        write_safetensors(weights_path, {k: (names[v.dtype], list(v.shape), np.ascontiguousarray(v).tobytes())
-                                         for k, v in graph.weights.items()})
-    elif weights_path.endswith(".npz"):
-        np.savez(weights_path, **graph.weights)
+        write_safetensors(tmp, {k: (_ST_DTYPES[v.dtype], list(v.shape), v.astype(v.dtype.newbyteorder("<")).tobytes())
+                                for k, v in weights.items()})
     else:
-        raise IRError(f"weights file {weights_path!r} must end with .npz or .safetensors")
+        with open(tmp, "wb") as f:
+            np.savez(f, **weights)

@@ -6,53 +6,24 @@ every Keras backend supports on the CPU: kernels are transposed on the way in (c
 every exact zero of a sparse model stays an exact zero. Shapes are static (from the graph's input, or
 ``input_shape``), which lets each pooling be checked: a ``ceil_mode`` window that would hang over the
 edge of an average pool, or padding an average pool must not count, is refused with the node's id
-rather than approximated.
+rather than approximated. The graph is validated first (for ``input_shape`` when given).
+
+The model's two prunekit layers are registered Keras objects (:mod:`prunekit.ir.keras_layers`): a saved
+model opens with ``keras.models.load_model`` after ``import prunekit.ir``.
 """
 
 import math
 
 import keras
 import numpy as np
-from keras import layers, ops
+from keras import layers
 
-from prunekit.ir.graph import IRError
+from prunekit.ir.graph import Graph, IRError
 from prunekit.ir.graph import pads as _pads
 from prunekit.ir.graph import pair as _pair
+from prunekit.ir.keras_layers import BiasAdd, PadConstant
 
 __all__ = ["to_keras"]
-
-
-@keras.saving.register_keras_serializable(package="prunekit")
-class BiasAdd(layers.Layer):
-    """``x + b`` over the last (channel) axis."""
-
-    def __init__(self, units, **kwargs):
-        super().__init__(**kwargs)
-        self.units = units
-
-    def build(self, input_shape):
-        self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
-
-    def call(self, x):
-        return x + self.bias
-
-    def get_config(self):
-        return {**super().get_config(), "units": self.units}
-
-
-@keras.saving.register_keras_serializable(package="prunekit")
-class PadConstant(layers.Layer):
-    """Spatial padding of an NHWC tensor with a constant (-inf before a max pool)."""
-
-    def __init__(self, pads, value, **kwargs):
-        super().__init__(**kwargs)
-        self.pads, self.value = [list(p) for p in pads], float(value)
-
-    def call(self, x):
-        return ops.pad(x, [[0, 0], self.pads[0], self.pads[1], [0, 0]], constant_values=self.value)
-
-    def get_config(self):
-        return {**super().get_config(), "pads": self.pads, "value": self.value}
 
 
 def _name(weight_name):
@@ -83,6 +54,13 @@ def _pool(node, x):
     return layers.AveragePooling2D((kh, kw), (sh, sw), padding="valid")(x)
 
 
+def _keras_layer(node, cls, *args, **kwargs):
+    try:
+        return cls(*args, **kwargs)
+    except ValueError as e:  # e.g. Keras refuses strides > 1 together with dilation > 1
+        raise IRError(f"node {node.id} ({node.op}): Keras cannot build it: {str(e).splitlines()[0]}") from None
+
+
 def _layer(node, graph, x, args, weights_out):
     a, w = node.attrs, graph.weights
     if node.op == "nn.conv2d":
@@ -90,19 +68,21 @@ def _layer(node, graph, x, args, weights_out):
         top, left, bottom, right = _pads(a["padding"])
         if top or left or bottom or right:
             x = layers.ZeroPadding2D(((top, bottom), (left, right)))(x)
-        layer = layers.Conv2D(kernel.shape[0], tuple(kernel.shape[2:]), _pair(a["strides"]), padding="valid",
-                              dilation_rate=_pair(a.get("dilation", 1)), groups=int(a.get("groups", 1)),
-                              use_bias=False, name=_name(node.inputs[1]))
+        layer = _keras_layer(node, layers.Conv2D, kernel.shape[0], tuple(kernel.shape[2:]), _pair(a["strides"]),
+                             padding="valid", dilation_rate=_pair(a.get("dilation", 1)),
+                             groups=_pair(a.get("groups", 1))[0], use_bias=False, name=_name(node.inputs[1]))
         weights_out.append((layer, [np.transpose(kernel, (2, 3, 1, 0))]))
         return layer(x)
     if node.op == "nn.conv2d_transpose":
         kernel = w[node.inputs[1]]
         top, left, bottom, right = _pads(a["padding"])
-        if int(a.get("groups", 1)) != 1 or any(_pair(a.get("output_padding", 0))) or (top, left) != (bottom, right):
+        if _pair(a.get("groups", 1))[0] != 1 or any(_pair(a.get("output_padding", 0))) \
+                or (top, left) != (bottom, right):
             raise IRError(f"node {node.id}: nn.conv2d_transpose with groups, output_padding or asymmetric padding "
                           "is not supported by to_keras")
-        layer = layers.Conv2DTranspose(kernel.shape[1], tuple(kernel.shape[2:]), _pair(a["strides"]), padding="valid",
-                                       use_bias=False, name=_name(node.inputs[1]))
+        layer = _keras_layer(node, layers.Conv2DTranspose, kernel.shape[1], tuple(kernel.shape[2:]),
+                             _pair(a["strides"]), padding="valid", dilation_rate=_pair(a.get("dilation", 1)), use_bias=False,
+                             name=_name(node.inputs[1]))
         weights_out.append((layer, [np.transpose(kernel, (2, 3, 1, 0))]))
         y = layer(x)
         return layers.Cropping2D(((top, bottom), (left, right)))(y) if top or left else y
@@ -141,14 +121,20 @@ def to_keras(graph, outputs=None, input_shape=None):
     if len(graph.inputs) != 1:
         raise IRError("to_keras supports graphs with one input")
     (input_id, shape), = graph.inputs.items()
-    shape = tuple(input_shape or shape)
+    shape = tuple(int(d) for d in (input_shape or shape))
+    Graph(graph.nodes, {input_id: shape}, graph.outputs, graph.weights).validate()
     outputs = list(graph.outputs) if outputs is None else [outputs] if isinstance(outputs, int) else list(outputs)
     inp = keras.Input(shape=shape[1:])
     values = {input_id: layers.Permute((2, 3, 1))(inp)}  # NCHW -> NHWC
     weights_out = []
     for node in graph.nodes.values():
         args = [values[r] for r in node.inputs if isinstance(r, int)]
-        values[node.id] = _layer(node, graph, args[0], args, weights_out)
+        try:
+            values[node.id] = _layer(node, graph, args[0], args, weights_out)
+        except IRError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise IRError(f"node {node.id} ({node.op}): Keras cannot build it: {str(e).splitlines()[0]}") from None
     outs = [layers.Permute((3, 1, 2))(values[o]) if len(values[o].shape) == 4 else values[o] for o in outputs]
     model = keras.Model(inp, outs[0] if len(outs) == 1 else outs)
     for layer, ws in weights_out:

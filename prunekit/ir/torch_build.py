@@ -23,7 +23,7 @@ __all__ = ["to_torch", "IRModule"]
 
 
 def _tensor(array):
-    return torch.from_numpy(np.ascontiguousarray(array)).clone()
+    return torch.from_numpy(np.array(array, copy=True, order="C"))  # a writable copy: no warning, no aliasing
 
 
 class _BiasAdd(nn.Module):
@@ -38,12 +38,21 @@ class _BiasAdd(nn.Module):
 class _Pool(nn.Module):
     """Max/avg pooling with TVM's (possibly asymmetric) padding, ceil_mode and count_include_pad."""
 
-    def __init__(self, op, attrs):
+    def __init__(self, node):
         super().__init__()
+        op, attrs = node.op, node.attrs
         self.op, self.kernel, self.stride = op, _pair(attrs["pool_size"]), _pair(attrs["strides"])
         self.pads = _pads(attrs["padding"])
         self.ceil_mode = bool(attrs.get("ceil_mode", 0))
         self.count_include_pad = bool(attrs.get("count_include_pad", 0))
+        top, left, bottom, right = self.pads
+        if op == "nn.avg_pool2d" and (top != bottom or left != right):
+            raise IRError(f"node {node.id}: nn.avg_pool2d with asymmetric padding {list(self.pads)} has no torch "
+                          "builder")
+        if (top == bottom and left == right or op == "nn.avg_pool2d") and (
+                2 * top > self.kernel[0] or 2 * left > self.kernel[1]):
+            raise IRError(f"node {node.id}: {op} padding {list(self.pads)} exceeds half the window "
+                          f"{list(self.kernel)}, which torch refuses")
 
     def forward(self, x):
         top, left, bottom, right = self.pads
@@ -53,8 +62,6 @@ class _Pool(nn.Module):
                 x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
                 top = left = 0
             return F.max_pool2d(x, self.kernel, self.stride, (top, left), ceil_mode=self.ceil_mode)
-        if not symmetric:
-            raise IRError("nn.avg_pool2d with asymmetric padding is not supported")
         return F.avg_pool2d(x, self.kernel, self.stride, (top, left), ceil_mode=self.ceil_mode,
                             count_include_pad=self.count_include_pad)
 
@@ -75,7 +82,7 @@ def _build(node, graph, taken):
     a, w = node.attrs, graph.weights
     if node.op in ("nn.conv2d", "nn.conv2d_transpose"):
         weight = w[node.inputs[1]]
-        groups, dilation = int(a.get("groups", 1)), _pair(a.get("dilation", 1))
+        groups, dilation = _pair(a.get("groups", 1))[0], _pair(a.get("dilation", 1))
         top, left, bottom, right = _pads(a["padding"])
         if node.op == "nn.conv2d":
             in_ch = weight.shape[1] * groups
@@ -106,7 +113,7 @@ def _build(node, graph, taken):
     if node.op == "nn.bias_add":
         return _module_name(node.inputs[1], taken) + "_bias", _BiasAdd(w[node.inputs[1]])
     if node.op in ("nn.max_pool2d", "nn.avg_pool2d"):
-        return None, _Pool(node.op, node.attrs)
+        return None, _Pool(node)
     return None, None
 
 
@@ -184,6 +191,7 @@ class IRModule(nn.Module):
 def to_torch(graph, inputs=None, outputs=None):
     """An ``nn.Module`` running ``graph`` from ``inputs`` (node ids; default: the graph's inputs) to
     ``outputs`` (node ids; default: the graph's outputs, i.e. nodes no other node consumes)."""
+    graph.validate()
     inputs = list(graph.inputs) if inputs is None else [inputs] if isinstance(inputs, int) else list(inputs)
     outputs = list(graph.outputs) if outputs is None else [outputs] if isinstance(outputs, int) else list(outputs)
     for nid in inputs + outputs:

@@ -12,6 +12,8 @@ Masks for ``restore_sparsity`` are the non-zero pattern, which the file keeps ex
 """
 
 import json
+import math
+import os
 import zlib
 
 import numpy as np
@@ -98,53 +100,111 @@ def save_sparse(model, path):
         entries.update(tensor_entries)
     meta = {"format": "prunekit.sparse", "format_version": FORMAT_VERSION, "tensors": described}
     write_safetensors(path, entries, {"prunekit": json.dumps(meta, separators=(",", ":"))})
-    import os
     dense = sum(t.numel() * t.element_size() for t in state.values())
     return {"bytes": os.path.getsize(path), "dense_bytes": dense,
             "encodings": {k: v["encoding"] for k, v in described.items()}}
 
 
-def _decode(name, desc, entries, where):
-    dtype, shape = _TORCH.get(desc.get("dtype")), tuple(desc.get("shape", ()))
-    if dtype is None:
-        raise FormatError(f"{where!r}: tensor {name!r} has unknown dtype {desc.get('dtype')!r}")
-    n = int(np.prod(shape)) if shape else 1
-    encoding = desc.get("encoding")
+def _fail(where, message):
+    raise FormatError(f"{where!r} is corrupted: {message}")
 
-    def entry(key, want_dtype):
-        if key not in entries or entries[key][0] != want_dtype:
-            raise FormatError(f"{where!r} is corrupted: entry {key!r} is missing or has the wrong dtype")
-        return entries[key]
+
+def _check_desc(name, desc, entries, where):
+    """The description of one tensor, checked against the entries it points to before anything is allocated.
+
+    Returns ``(torch dtype, shape, element count)``. The bytes of every entry are already known to be in the
+    file (``read_safetensors`` checked them), so a bitmask or a dense entry bounds the element count by the
+    file's size; the indices encoding stores int32 positions, which bounds it by ``2**31``.
+    """
+    if not isinstance(name, str) or not isinstance(desc, dict):
+        _fail(where, f"the description of tensor {name!r} is not an object")
+    missing = [k for k in ("dtype", "shape", "encoding", "crc32") if k not in desc]
+    if missing:
+        _fail(where, f"tensor {name!r} lacks {missing} in its description")
+    dtype, shape, encoding, crc = desc["dtype"], desc["shape"], desc["encoding"], desc["crc32"]
+    if not isinstance(dtype, str) or dtype not in _TORCH:
+        _fail(where, f"tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        _fail(where, f"tensor {name!r} has shape {shape!r}; a shape is a list of non-negative integers")
+    if not isinstance(crc, int) or isinstance(crc, bool) or not 0 <= crc < 2**32:
+        _fail(where, f"tensor {name!r} has checksum {crc!r}")
+    n = math.prod(shape)
+
+    def entry(suffix, want_dtype, count=None):
+        key = name + suffix
+        if key not in entries or entries[key][0] != want_dtype or len(entries[key][1]) != 1 and suffix:
+            _fail(where, f"entry {key!r} is missing, or has the wrong dtype or rank")
+        got = entries[key][1][0] if suffix else None
+        if count is not None and got != count:
+            _fail(where, f"entry {key!r} has {got} elements; tensor {name!r} {shape} needs {count}")
+        return got
     if encoding == "dense":
-        _, got_shape, data = entry(name, desc["dtype"])
-        t = _from_raw(data, dtype, got_shape)
+        entry("", dtype)
+        if list(entries[name][1]) != shape:
+            _fail(where, f"tensor {name!r} is stored with shape {list(entries[name][1])}, described as {shape}")
     elif encoding in ("bitmask", "indices"):
-        _, (nnz,), values = entry(name + _VALUES, desc["dtype"])
+        if encoding == "bitmask":
+            entry(_BITMASK, "U8", (n + 7) // 8)
+        elif n >= 2**31:
+            _fail(where, f"tensor {name!r} {shape} has {n} elements; int32 indices address fewer than 2**31")
+        nnz = entry(_VALUES, dtype)
+        if encoding == "indices":
+            entry(_INDICES, "I32", nnz)
+        if nnz > n:
+            _fail(where, f"tensor {name!r} {shape} has {nnz} stored values for {n} elements")
+        if name + _NEGZERO in entries:
+            entry(_NEGZERO, "U8", (n - nnz + 7) // 8)
+    else:
+        _fail(where, f"tensor {name!r} has unknown encoding {encoding!r}")
+    return _TORCH[dtype], tuple(shape), n
+
+
+def _decode(name, desc, entries, where):
+    dtype, shape, n = _check_desc(name, desc, entries, where)
+    encoding = desc["encoding"]
+    if encoding == "dense":
+        t = _from_raw(entries[name][2], dtype, shape)
+    else:
+        _, (nnz,), values = entries[name + _VALUES]
         flat = torch.zeros(n, dtype=dtype)
         if encoding == "bitmask":
-            _, _, packed = entry(name + _BITMASK, "U8")
+            packed = entries[name + _BITMASK][2]
             nonzero = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=n, bitorder="little").astype(bool)
-            if len(packed) != (n + 7) // 8 or int(nonzero.sum()) != nnz:
-                raise FormatError(f"{where!r} is corrupted: the bitmask of {name!r} does not match its values")
+            if int(nonzero.sum()) != nnz:
+                _fail(where, f"the bitmask of {name!r} does not match its values")
             flat[torch.from_numpy(nonzero)] = _from_raw(values, dtype, (nnz,))
         else:
-            _, _, raw_idx = entry(name + _INDICES, "I32")
-            idx = _from_raw(raw_idx, torch.int32, (nnz,)).to(torch.int64)
+            idx = _from_raw(entries[name + _INDICES][2], torch.int32, (nnz,)).to(torch.int64)
             if nnz and (int(idx.min()) < 0 or int(idx.max()) >= n):
-                raise FormatError(f"{where!r} is corrupted: indices of {name!r} fall outside its {n} elements")
+                _fail(where, f"indices of {name!r} fall outside its {n} elements")
             flat[idx] = _from_raw(values, dtype, (nnz,))
         if name + _NEGZERO in entries:
-            _, _, packed = entry(name + _NEGZERO, "U8")
+            packed = entries[name + _NEGZERO][2]
             zeros = torch.nonzero(flat == 0).reshape(-1)
+            if len(packed) != (len(zeros) + 7) // 8:
+                _fail(where, f"the negative-zero bits of {name!r} do not match its zeros")
             signs = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=len(zeros), bitorder="little")
             flat[zeros[torch.from_numpy(signs.astype(bool))]] = -0.0
-        t = flat
-    else:
-        raise FormatError(f"{where!r}: tensor {name!r} has unknown encoding {encoding!r}")
-    t = t.reshape(shape)
-    if zlib.crc32(_raw(t)) != desc.get("crc32"):
-        raise FormatError(f"{where!r} is corrupted: tensor {name!r} fails its checksum")
+        t = flat.reshape(shape)
+    if zlib.crc32(_raw(t)) != desc["crc32"]:
+        _fail(where, f"tensor {name!r} fails its checksum")
     return t
+
+
+def _read_meta(path, metadata):
+    try:
+        meta = json.loads(metadata["prunekit"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise FormatError(f"{path!r} is not a prunekit sparse checkpoint (no readable 'prunekit' metadata)") from None
+    if not isinstance(meta, dict) or meta.get("format") != "prunekit.sparse":
+        raise FormatError(f"{path!r} is not a prunekit sparse checkpoint (its metadata is not prunekit.sparse)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise FormatError(f"{path!r} has format version {meta.get('format_version')!r}; this prunekit reads "
+                          f"{FORMAT_VERSION}")
+    if not isinstance(meta.get("tensors"), dict):
+        raise FormatError(f"{path!r} is corrupted: its metadata has no 'tensors' object")
+    return meta["tensors"]
 
 
 def load_sparse(path, model=None, map_location="cpu"):
@@ -153,15 +213,12 @@ def load_sparse(path, model=None, map_location="cpu"):
     The whole file is decoded and verified first; keys and shapes are checked against ``model``
     before any weight is copied, so an error never leaves a model half-loaded.
     """
+    path = os.fspath(path)
     entries, metadata = read_safetensors(path)
-    try:
-        meta = json.loads(metadata["prunekit"])
-    except (KeyError, json.JSONDecodeError):
-        raise FormatError(f"{path!r} is not a prunekit sparse checkpoint (no 'prunekit' metadata)") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise FormatError(f"{path!r} has format version {meta.get('format_version')!r}; this prunekit reads "
-                          f"{FORMAT_VERSION}")
-    state = {name: _decode(name, desc, entries, path).to(map_location) for name, desc in meta["tensors"].items()}
+    described = _read_meta(path, metadata)
+    for name, desc in described.items():  # every description checked before any tensor is allocated
+        _check_desc(name, desc, entries, path)
+    state = {name: _decode(name, desc, entries, path).to(map_location) for name, desc in described.items()}
     if model is None:
         return state
     own = model.state_dict()
