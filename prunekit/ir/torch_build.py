@@ -23,7 +23,7 @@ __all__ = ["to_torch", "IRModule"]
 
 
 def _tensor(array):
-    return torch.from_numpy(np.ascontiguousarray(array)).clone()
+    return torch.from_numpy(np.array(array, order="C"))  # a copy: read-only arrays (ONNX, mmap) need no warning
 
 
 class _BiasAdd(nn.Module):
