@@ -123,3 +123,36 @@ def test_keras_plan_before_the_first_fit_says_when_it_is_known(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "before: SGDSparse.plan is known once the optimizer is built" in out.stdout
     assert "optimizer.build(model.trainable_variables)" in out.stdout and "after: " in out.stdout
+
+
+def test_readme_torch_snippets_run_and_keep_their_files_apart(tmp_path):
+    """The README's PyTorch blocks run as written; save_sparse and ir.save write different files."""
+    pytest.importorskip("torch")
+    import re
+    with open(os.path.join(ROOT, "README.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    torch_blocks = [b for b in blocks if "prunekit.torch" in b or "prunekit.ir" in b]
+    assert len(torch_blocks) == 2 and "ir.save(" in torch_blocks[1]
+    out = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", "\n".join(torch_blocks)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.safetensors", "sparse.safetensors"]
+
+
+# Fixed on the IR helper's branch (h/ir): drop these once it is merged.
+NOT_YET = {os.path.join("docs", "ir.md"), os.path.join("prunekit", "ir", "graph.py")}
+
+
+def test_docs_point_only_at_files_a_user_has():
+    """No ../shared paths (outside the repository) in the README, docs, docstrings or examples."""
+    found = []
+    for top in ("README.md", "docs", "prunekit", "examples", "scripts"):
+        for folder, _, files in os.walk(os.path.join(ROOT, top)) if top != "README.md" else [(ROOT, [], [top])]:
+            for name in files:
+                path = os.path.join(folder, name)
+                if name.endswith((".py", ".md", ".sh")) and os.path.relpath(path, ROOT) not in NOT_YET:
+                    with open(path) as f:
+                        if "../shared" in f.read():
+                            found.append(os.path.relpath(path, ROOT))
+    assert not found, f"these point outside the repository: {found}"

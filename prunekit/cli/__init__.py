@@ -83,15 +83,15 @@ def _add_pruning_flags(p, target_default):
 def _add_training_flags(p, epochs=(3, 6, 3)):
     g = p.add_argument_group("training")
     p.set_defaults(epoch_defaults=epochs)
-    g.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, digits, synthetic")
+    g.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default), mnist, digits, synthetic")
     g.add_argument("--data-root", default=None, help="a directory with the IDX files (else the usual places)")
     g.add_argument("--download", action="store_true", help="allow a torchvision download")
-    g.add_argument("--model", default="seed-cnn", help="seed-cnn, resnet18")
-    g.add_argument("--optimizer", default="sgd", help="sgd, adam, adamw")
-    g.add_argument("--lr", type=float, default=0.05)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=5e-5)
-    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--model", default="seed-cnn", help="seed-cnn (default), resnet18")
+    g.add_argument("--optimizer", default="sgd", help="sgd (default), adam, adamw")
+    g.add_argument("--lr", type=float, default=0.05, help="default %(default)s, cosine decay to 0")
+    g.add_argument("--momentum", type=float, default=0.9, help="default %(default)s (sgd)")
+    g.add_argument("--weight-decay", type=float, default=5e-5, help="default %(default)s")
+    g.add_argument("--batch-size", type=int, default=128, help="default %(default)s")
     g.add_argument("--epochs", type=float, default=None, metavar="N",
                    help=f"N epochs: a quarter dense, half ramp, a quarter fine-tune (fractions allowed; "
                         f"the default {epochs[0]}/{epochs[1]}/{epochs[2]} below is --epochs {sum(epochs)})"
@@ -103,7 +103,7 @@ def _add_training_flags(p, epochs=(3, 6, 3)):
     g.add_argument("--train-subset", type=int, default=None, help="use the first N training images")
     g.add_argument("--test-subset", type=int, default=None)
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="default %(default)s")
     g.add_argument("--compile-step", action="store_true",
                    help="compile the pruning optimizer's step and prune events (torch.compile; needs a C++ compiler)")
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
