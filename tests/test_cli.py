@@ -202,3 +202,11 @@ def test_compile_step_flag_reaches_the_optimizer(tmp_path):
     assert recipe.compile_step and opt._prunekit_compiled is not None and opt.pruning.compiled_event is not None
     plain = recipes._optimizer(_recipe(build_parser().parse_args(["train", *TINY])), SeedCNN(), True, 8)
     assert getattr(plain, "_prunekit_compiled", None) is None
+
+
+def test_report_of_weights_that_do_not_fit_the_recipe_is_a_clear_error():
+    from prunekit.errors import ConfigError
+    from prunekit.torch.report import checkpoint_report
+    ckpt = {"model": torch.nn.Linear(3, 2).state_dict(), "recipe": {"model": "seed-cnn", "dataset": "synthetic"}}
+    with pytest.raises(ConfigError, match="do not fit its recipe's model 'seed-cnn'"):
+        checkpoint_report(ckpt)
