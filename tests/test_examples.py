@@ -94,7 +94,7 @@ def test_mxnet_examples(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     found = subprocess.run([MXNET_PYTHON, "-c", "import prunekit.mxnet, sklearn"], capture_output=True, text=True,
                            cwd=tmp_path, env=env, timeout=300)
-    assert found.returncode == 0, "scripts/setup.sh installs prunekit and scikit-learn into .venv-mxnet: " + found.stderr[-500:]
+    assert found.returncode == 0, f"setup.sh installs prunekit and scikit-learn there: {found.stderr[-500:]}"
     (first,) = run_documented("mxnet_pruning_simple.py", tmp_path, python=MXNET_PYTHON)
     assert "sparsity 0.9500" in first
     further, fixed = run_documented("mxnet_pruning_simple_resume.py", tmp_path, python=MXNET_PYTHON)

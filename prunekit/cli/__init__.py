@@ -4,7 +4,7 @@
     prunekit train [flags]            any recipe: dataset, model, optimizer, pattern, every pruning argument
     prunekit plan [flags]             which parameters get which target and pattern, before training
     prunekit report CHECKPOINT        per-layer sparsity, dense/effective MACs, sizes
-    prunekit convert SRC DST          from IR (.json), ONNX (.onnx) or torch (.pt + --arch) to IR, ONNX or Keras (.keras)
+    prunekit convert SRC DST          IR (.json), ONNX (.onnx) or torch (.pt + --arch) -> IR, ONNX or Keras (.keras)
     prunekit ir show FILE             nodes, ops, parameters and sparsity of an IR graph
 
 User errors print one line and exit with status 2; ``--debug`` (anywhere on the line) shows the traceback.
@@ -213,7 +213,11 @@ _EPOCH_FIELDS = ("dense_epochs", "ramp_epochs", "finetune_epochs")
 
 
 def _given(argv):
-    """The destinations of the flags typed on the command line (a second parse that fills in no default)."""
+    """The destinations of the flags typed on the command line (a second parse that fills in no default).
+
+    argparse has no public way to tell a default from a typed value, so the second parser's defaults
+    (``_defaults`` and each action's) are replaced by SUPPRESS: only typed flags reach its namespace.
+    """
     parser = build_parser()
 
     def strip(p):
