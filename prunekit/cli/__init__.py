@@ -300,7 +300,7 @@ def _run_training(args, baseline, resume=None, init_from=None, given=()):
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = _resume_recipe(args, given) if resume else _recipe(args)
-    out = _train_out(args) if args.command == "train" else (args.out or "runs/demo")
+    out = args.out_dir = _train_out(args) if args.command == "train" else (args.out or "runs/demo")
     try:
         summary = recipes.run(recipe, out, baseline=baseline, resume=resume, init_from=init_from, quiet=args.quiet)
     except DatasetNotFound as e:
@@ -478,6 +478,8 @@ def main(argv=None):
         print(f"prunekit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("prunekit: interrupted; the last epoch's checkpoint is complete and resumable with --resume",
+        out = getattr(args, "out_dir", None)
+        where = os.path.join(out, "checkpoint.pt") if out else "CHECKPOINT"
+        print(f"prunekit: interrupted; the last epoch's checkpoint is complete: prunekit train --resume {where}",
               file=sys.stderr)
         return 130
