@@ -261,8 +261,8 @@ def _resume_recipe(args, given):
         for _, before, now in pairs:
             if before != now:
                 raise ConfigError(f"{flag} differs from the run in {args.resume}: saved {_show(before)}, given "
-                                    f"{_show(now)}; a resumed run keeps its recipe (only {', '.join(RESUME_FLAGS)} "
-                                    "may change): drop the flag, or start a new run with --init-from")
+                                  f"{_show(now)}; a resumed run keeps its recipe (only {', '.join(RESUME_FLAGS)} "
+                                  "may change): drop the flag, or start a new run with --init-from")
     return merged
 
 
@@ -282,7 +282,7 @@ def _train_out(args):
         resuming_here = args.resume and os.path.abspath(args.out) == os.path.dirname(os.path.abspath(args.resume))
         if _is_run(args.out) and not (args.overwrite or resuming_here):
             raise ConfigError(f"{args.out!r} holds an earlier run; pass --overwrite to replace it, "
-                                f"--resume {os.path.join(args.out, 'checkpoint.pt')} to continue it, or another --out")
+                              f"--resume {os.path.join(args.out, 'checkpoint.pt')} to continue it, or another --out")
         return args.out
     out, n = "runs/train", 1
     while _is_run(out) and not args.overwrite:
