@@ -2,7 +2,8 @@
 # Set up what prunekit's demo and tests need, on a fresh machine or an existing checkout:
 #   .venv         PyTorch 2.14.1 and prunekit (editable); with the tests' level also TensorFlow 2.21,
 #                 Keras 3, ONNX and the test tools
-#   .venv-mxnet   (tests' level) MXNet 1.9.1, which needs numpy<1.24; prunekit reaches it via PYTHONPATH
+#   .venv-mxnet   (tests' level) MXNet 1.9.1, which needs numpy<1.24, with prunekit installed as a user
+#                 would (editable, --no-deps: its numpy pin stays) and scikit-learn for --dataset digits
 #   the Debian package dataset-fashion-mnist, when apt is usable
 # Usage: bash scripts/setup.sh [demo|all]   (default all). Re-running is cheap: environments are rebuilt
 # only when this script or pyproject.toml changes, and the demo level is topped up to all in place.
@@ -43,11 +44,12 @@ if [ "$LEVEL" = all ] && [ "${have#* }" != all ]; then
 fi
 
 if [ "$LEVEL" = all ] && { [ ! -x "$MXVENV/bin/python" ] || [ "$(cat "$MXVENV/.prunekit-setup" 2>/dev/null)" != "$want" ]; }; then
-  echo "[setup] creating $MXVENV (MXNet 1.9.1 with numpy<1.24)"
+  echo "[setup] creating $MXVENV (MXNet 1.9.1 with numpy<1.24, prunekit, scikit-learn)"
   rm -rf "$MXVENV"
   "$PY" -m venv "$MXVENV"
-  quietly "$MXVENV/bin/pip" install "numpy<1.24" mxnet==1.9.1
-  quietly "$MXVENV/bin/python" -c "import mxnet"
+  quietly "$MXVENV/bin/pip" install "numpy<1.24" mxnet==1.9.1 scikit-learn
+  quietly "$MXVENV/bin/pip" install -e . --no-deps
+  quietly "$MXVENV/bin/python" -c "import mxnet, sklearn, prunekit.mxnet"
   echo "$want" > "$MXVENV/.prunekit-setup"
 fi
 

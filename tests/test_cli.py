@@ -41,35 +41,117 @@ def test_debug_shows_the_traceback():
         main(["--debug", "plan", "--target-sparsity", "2"])
 
 
-def test_train_report_and_resume_is_identical(tmp_path, capsys):
-    full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    assert main(["train", *TINY, "--target-sparsity", "0.8", "--out", full]) == 0
-    summary = json.loads(open(os.path.join(full, "summary.json")).read())
-    assert summary["sparsity"] == pytest.approx(0.8, abs=0.01)
-    assert len(summary["history"]) == 3 and os.path.exists(os.path.join(full, "plot.png"))
-    # stop after the first epoch, then resume with the same flags
-    steps = 256 // 32
-    assert main(["train", *TINY, "--target-sparsity", "0.8", "--out", part, "--max-steps", str(steps)]) == 0
-    ckpt = torch.load(os.path.join(part, "checkpoint.pt"), weights_only=False)
-    ckpt["recipe"]["max_steps"] = None  # the resumed run has no step limit
-    del ckpt["recipe"]["compile_step"]  # as written before the recipe had the field: its default applies
-    torch.save(ckpt, os.path.join(part, "checkpoint.pt"))
-    assert main(["train", *TINY, "--target-sparsity", "0.8", "--out", part,
-                 "--resume", os.path.join(part, "checkpoint.pt")]) == 0
-    a = torch.load(os.path.join(full, "checkpoint.pt"), weights_only=False)["model"]
-    b = torch.load(os.path.join(part, "checkpoint.pt"), weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    capsys.readouterr()
-    assert main(["report", os.path.join(full, "checkpoint.pt")]) == 0
-    out = capsys.readouterr().out
-    assert "conv3.weight" in out and "pruning rate" in out and "with save_sparse" in out
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+SMALL = ["--dataset", "synthetic", "--train-subset", "256", "--test-subset", "64", "--batch-size", "32",
+         "--epochs", "3", "--quiet", "--threads", "1"]
 
 
-def test_resume_with_other_flags_is_refused(tmp_path, capsys):
-    out = str(tmp_path / "r")
-    assert main(["train", *TINY, "--out", out, "--max-steps", "2"]) == 0
-    assert main(["train", *TINY, "--out", out, "--lr", "0.1", "--resume", os.path.join(out, "checkpoint.pt")]) == 2
-    assert "different recipe" in capsys.readouterr().err
+def cli(*argv, cwd):
+    """``prunekit ARGV`` as a user runs it: the console entry point in a fresh process."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "prunekit", *argv], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def strict_json(path):
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+    with open(path) as f:
+        return json.load(f, parse_constant=refuse)
+
+
+def test_resume_with_the_checkpoint_alone_continues_bit_identically(tmp_path):
+    """--resume CKPT needs no other flag; a run stopped mid-epoch by --max-steps ends as an uninterrupted one."""
+    full = cli("train", *SMALL, "--target-sparsity", "0.8", "--out", "full", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+    summary = strict_json(tmp_path / "full" / "summary.json")
+    assert summary["sparsity"] == pytest.approx(0.8, abs=0.01) and len(summary["history"]) == 3
+    part = cli("train", *SMALL, "--target-sparsity", "0.8", "--out", "part", "--max-steps", "10", cwd=tmp_path)
+    assert part.returncode == 0, part.stderr
+    ckpt = str(tmp_path / "part" / "checkpoint.pt")
+    # at --max-steps already: nothing to train, no nan row, a valid summary
+    again = cli("train", "--resume", ckpt, "--max-steps", "10", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to train" in again.stdout and "nan" not in again.stdout.lower()
+    assert strict_json(tmp_path / "part" / "summary.json")["history"][-1]["step"] == 10
+    done = cli("train", "--resume", ckpt, "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stdout and "at step 10 of 24" in done.stdout
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(ckpt, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [r["epoch"] for r in b["history"]] == [1, 2, 3] and b["step"] == 24
+    report = cli("report", str(tmp_path / "full" / "checkpoint.pt"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "conv3.weight" in report.stdout and "pruning rate" in report.stdout and "with save_sparse" in report.stdout
+
+
+def test_resume_names_the_flag_that_differs(tmp_path):
+    first = cli("train", *SMALL, "--out", "r", "--max-steps", "2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    ckpt = os.path.join("r", "checkpoint.pt")
+    out = cli("train", *SMALL, "--lr", "0.1", "--resume", ckpt, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "--lr differs from the run in" in out.stderr and "saved 0.05, given 0.1" in out.stderr
+    out = cli("train", "--resume", ckpt, "--pattern", "2:4", cwd=tmp_path)
+    assert out.returncode == 2 and "--pattern differs" in out.stderr and "saved not set, given '2:4'" in out.stderr
+    # the same values again, and the flags that may change, are accepted
+    out = cli("train", *SMALL, "--lr", "0.05", "--resume", ckpt, "--max-steps", "3", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "resumed from" in out.stdout and "at step 2 of 24" in out.stdout
+
+
+def test_crafted_pickles_are_never_unpickled(tmp_path):
+    """report, --resume and --init-from read checkpoints with weights_only=True: no code runs."""
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"model": {"w": torch.zeros(2, 2)}, "recipe": Payload()}, tmp_path / "evil.pt")
+    for argv in (["report", "evil.pt"], ["train", "--resume", "evil.pt"],
+                 ["train", *SMALL, "--init-from", "evil.pt", "--out", "x"]):
+        out = cli(*argv, cwd=tmp_path)
+        assert out.returncode == 2 and "does not run code from a file" in out.stderr, (argv, out.stderr)
+        assert not marker.exists(), argv
+    torch.load(tmp_path / "evil.pt", weights_only=False)  # the control: unpickling it does run code
+    assert marker.exists()
+
+
+def test_train_never_overwrites_an_earlier_run(tmp_path):
+    first = cli("train", *SMALL, "--max-steps", "1", cwd=tmp_path)
+    assert first.returncode == 0 and (tmp_path / "runs" / "train" / "checkpoint.pt").exists()
+    second = cli("train", *SMALL, "--max-steps", "1", cwd=tmp_path)
+    assert second.returncode == 0 and "writing runs/train-2" in second.stdout
+    assert (tmp_path / "runs" / "train-2" / "checkpoint.pt").exists()
+    refused = cli("train", *SMALL, "--max-steps", "1", "--out", "runs/train", cwd=tmp_path)
+    assert refused.returncode == 2 and "holds an earlier run; pass --overwrite" in refused.stderr
+    # --init-from says what it loaded; --overwrite replaces
+    init = cli("train", *SMALL, "--max-steps", "1", "--out", "runs/train", "--overwrite", "--init-from",
+               "runs/train-2/checkpoint.pt", cwd=tmp_path)
+    assert init.returncode == 0, init.stderr
+    assert "initialised the model from runs/train-2/checkpoint.pt: 23 tensors" in init.stdout
+    wrong = cli("train", *SMALL, "--model", "resnet18", "--out", "r18", "--init-from", "runs/train/checkpoint.pt",
+                cwd=tmp_path)
+    assert wrong.returncode == 2 and "do not fit this model" in wrong.stderr
+
+
+def test_cli_help_and_flags_as_documented(tmp_path):
+    top = cli("--help", cwd=tmp_path).stdout
+    assert "to IR, ONNX or Keras (.keras)" in top
+    train = cli("train", "--help", cwd=tmp_path).stdout
+    assert "SPEC.md" not in train and "--epochs N" in train and "default 3/6/3" in " ".join(train.split())
+    assert "--sparse-block" in train and "--overwrite" in train
+    out = cli("plan", "--target-sparsity", "2", "--debug", cwd=tmp_path)  # --debug after the subcommand
+    assert out.returncode == 1 and "Traceback" in out.stderr
+    out = cli("plan", "--sparse-block", '{"4d": [-1, 4, -1, 1]}', cwd=tmp_path)
+    assert out.returncode == 0 and "Block(1, 4)" in out.stdout, out.stderr
+    out = cli("plan", "--model", "resnet18", "--pattern", "2:4", cwd=tmp_path)
+    assert out.returncode == 0 and "pattern does not fit" in out.stdout
+    assert out.stderr == "", "the table already says it; no raw warning"
+    out = cli("train", *SMALL, "--dense-epochs", "1", cwd=tmp_path)
+    assert out.returncode == 2 and "either --epochs or --dense-epochs" in out.stderr
 
 
 def test_demo_with_baseline_prints_summary(tmp_path, capsys):
@@ -120,3 +202,11 @@ def test_compile_step_flag_reaches_the_optimizer(tmp_path):
     assert recipe.compile_step and opt._prunekit_compiled is not None and opt.pruning.compiled_event is not None
     plain = recipes._optimizer(_recipe(build_parser().parse_args(["train", *TINY])), SeedCNN(), True, 8)
     assert getattr(plain, "_prunekit_compiled", None) is None
+
+
+def test_report_of_weights_that_do_not_fit_the_recipe_is_a_clear_error():
+    from prunekit.errors import ConfigError
+    from prunekit.torch.report import checkpoint_report
+    ckpt = {"model": torch.nn.Linear(3, 2).state_dict(), "recipe": {"model": "seed-cnn", "dataset": "synthetic"}}
+    with pytest.raises(ConfigError, match="do not fit its recipe's model 'seed-cnn'"):
+        checkpoint_report(ckpt)

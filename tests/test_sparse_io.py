@@ -123,9 +123,12 @@ def test_strip():
     opt = pruning.SGDSparse(model.named_parameters(), lr=0.1, momentum=0.9, target_sparsity=0.5)
     train(model, opt, batches(1))
     plain = pruning.strip(opt.state_dict())
-    assert "prunekit" not in plain["state"]
+    assert not any(k.startswith("prunekit") for s in plain["state"].values() for k in s)
+    assert not any(k.startswith("prunekit") for g in plain["param_groups"] for k in g)
+    assert all("momentum_buffer" in s for s in plain["state"].values())
     sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sgd.load_state_dict(plain)
+    assert sgd.state_dict()["param_groups"] == plain["param_groups"]
     assert pruning.strip({"model": model.state_dict(), "optimizers": {}}).keys() == model.state_dict().keys()
     with pytest.raises(ValueError, match="strip needs a dict"):
         pruning.strip([1, 2])

@@ -1,18 +1,19 @@
-"""Shared bits of the MNIST examples: arguments, data loaders, evaluation."""
+"""Shared bits of the PyTorch MNIST examples: arguments, data loaders, evaluation."""
 
 import argparse
 
 import torch
 
+from np_common import schedule  # noqa: F401  (the same schedule as the other frameworks' examples)
 from prunekit.data import load
 
 
 def parser(description):
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--dataset", default="fashion-mnist", choices=["mnist", "fashion-mnist", "digits"])
+    p.add_argument("--dataset", default="fashion-mnist", choices=["mnist", "fashion-mnist", "digits", "synthetic"])
     p.add_argument("--data-root", default=None)
     p.add_argument("--download", action="store_true", help="allow torchvision to download MNIST")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=12, help="a quarter dense, half ramp, a quarter fine-tune")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--train-subset", type=int, default=None, help="use only the first N training images")

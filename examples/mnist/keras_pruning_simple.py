@@ -2,6 +2,10 @@
 
     KERAS_BACKEND=tensorflow python examples/mnist/keras_pruning_simple.py --dataset fashion-mnist --epochs 12
 
+Smallest run (seconds, generated data; tests/test_examples.py runs exactly this):
+
+    KERAS_BACKEND=tensorflow python examples/mnist/keras_pruning_simple.py --dataset synthetic --epochs 1 --train-subset 500
+
 Saves ``pruned.keras``; ``keras.models.load_model`` restores the model *and* the pruning state.
 """
 

@@ -1,6 +1,15 @@
 """Prune the seed's simple CNN with MXNet Gluon: the Trainer gets 'nagsparse' instead of 'nag'.
 
-    python examples/mnist/mxnet_pruning_simple.py --dataset fashion-mnist --epochs 12
+    .venv-mxnet/bin/python examples/mnist/mxnet_pruning_simple.py --dataset fashion-mnist --epochs 12
+
+MXNet 1.9.1 needs numpy<1.24, so it has its own environment: ``bash scripts/setup.sh`` creates
+``.venv-mxnet`` with MXNet, prunekit (``pip install -e . --no-deps``) and scikit-learn (for ``--dataset
+digits``). In an environment of your own: ``pip install "numpy<1.24" mxnet==1.9.1 scikit-learn`` and
+``pip install -e . --no-deps`` from the repository root.
+
+Smallest run (seconds, generated data; tests/test_examples.py runs exactly this):
+
+    .venv-mxnet/bin/python examples/mnist/mxnet_pruning_simple.py --dataset synthetic --epochs 1 --train-subset 500
 
 Saves ``mx_pruned.params`` (weights) and ``mx_pruned.states`` (optimizer state: masks, update counts).
 """

@@ -1,7 +1,13 @@
 """Continue from sparse MXNet weights: prune further keeping their zeros, or (--fix) fine-tune keeping the sparsity.
 
-    python examples/mnist/mxnet_pruning_simple_resume.py --params mx_pruned.params --target-sparsity 0.98
-    python examples/mnist/mxnet_pruning_simple_resume.py --params mx_pruned.params --fix --lr 0.005
+    .venv-mxnet/bin/python examples/mnist/mxnet_pruning_simple_resume.py --params mx_pruned.params --target-sparsity 0.98
+    .venv-mxnet/bin/python examples/mnist/mxnet_pruning_simple_resume.py --params mx_pruned.params --fix --lr 0.005
+
+(The environment: see mxnet_pruning_simple.py.) Smallest run, after mxnet_pruning_simple.py's
+(tests/test_examples.py runs exactly these):
+
+    .venv-mxnet/bin/python examples/mnist/mxnet_pruning_simple_resume.py --params mx_pruned.params --target-sparsity 0.98 --dataset synthetic --epochs 1 --train-subset 500
+    .venv-mxnet/bin/python examples/mnist/mxnet_pruning_simple_resume.py --params mx_pruned.params --fix --lr 0.005 --dataset synthetic --epochs 1 --train-subset 500
 """
 
 import numpy as np
@@ -9,7 +15,7 @@ from mxnet import gluon
 
 import prunekit.mxnet  # noqa: F401
 from mxnet_pruning_simple import accuracy, seed_cnn, train
-from np_common import dataset, parser
+from np_common import dataset, parser, schedule
 
 
 def main():
@@ -30,8 +36,7 @@ def main():
     if args.fix:
         prune["fix_sparsity"] = True
     else:
-        prune.update(target_sparsity=args.target_sparsity, sparse_step=max(1, args.epochs // 2) * steps,
-                     frequency=max(1, steps // 5))
+        prune.update(target_sparsity=args.target_sparsity, **schedule(args, steps, pretrain=False))
     trainer = gluon.Trainer(net.collect_params(), "nagsparse", {"learning_rate": args.lr, "momentum": 0.9, **prune})
     train(net, trainer, args, x_train, y_train, x_test, y_test, args.epochs)
     kept = all(bool(np.all(kernels[k].data().asnumpy()[z] == 0)) for k, z in zeros.items())

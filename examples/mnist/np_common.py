@@ -38,7 +38,12 @@ def batches(x, y, batch_size, epoch, seed):
         yield x[idx], y[idx]
 
 
-def schedule(args, steps_per_epoch):
-    """The seed's recipe in steps: a quarter dense, half ramp, a quarter fine-tune."""
-    return dict(pretrain_step=args.epochs // 4 * steps_per_epoch, sparse_step=max(1, args.epochs // 2) * steps_per_epoch,
+def schedule(args, steps_per_epoch, pretrain=True):
+    """The seed's recipe in steps: a quarter dense, half ramp, a quarter fine-tune (of all steps, so that one
+    epoch still trains before it prunes), prune events five times an epoch (at least every step).
+
+    ``pretrain=False`` (the resume examples): the ramp starts at once, from the loaded model's sparsity.
+    """
+    total = max(1, args.epochs * steps_per_epoch)
+    return dict(pretrain_step=max(1, total // 4) if pretrain else 0, sparse_step=max(1, total // 2),
                 frequency=max(1, steps_per_epoch // 5))

@@ -2,13 +2,17 @@
 
     python examples/mnist/pytorch_pruning_simple.py --dataset fashion-mnist --epochs 12
 
+Smallest run (seconds, generated data; tests/test_examples.py runs exactly this):
+
+    python examples/mnist/pytorch_pruning_simple.py --dataset synthetic --epochs 1 --train-subset 500
+
 Writes ``pruned.pt`` (model and optimizer state) for pytorch_pruning_simple_resume.py.
 """
 
 import torch
 
 import prunekit.torch as pruning
-from common import accuracy, loaders, parser
+from common import accuracy, loaders, parser, schedule
 from prunekit.torch.models import SeedCNN
 
 
@@ -26,10 +30,9 @@ def main():
     optimizer = pruning.SGDSparse(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-5,
                                   param_name=model.named_parameters(),
                                   target_sparsity=args.target_sparsity,
-                                  pretrain_step=args.epochs // 4 * steps_per_epoch,    # dense warm-up
-                                  sparse_step=args.epochs // 2 * steps_per_epoch,      # cubic ramp
-                                  frequency=steps_per_epoch / 5,                       # floored
-                                  keywords_no_sparse=["bias", "beta", "gamma", "conv1."])
+                                  keywords_no_sparse=["bias", "beta", "gamma", "conv1."],
+                                  # a quarter of the steps dense, half a cubic ramp, prune events 5x an epoch
+                                  **schedule(args, steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch)
     print(optimizer.plan)
     step = 0

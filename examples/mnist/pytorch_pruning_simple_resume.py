@@ -3,6 +3,11 @@
     python examples/mnist/pytorch_pruning_simple_resume.py --checkpoint pruned.pt --target-sparsity 0.98
     python examples/mnist/pytorch_pruning_simple_resume.py --checkpoint pruned.pt --fix --lr 0.005
 
+Smallest run, after pytorch_pruning_simple.py's (tests/test_examples.py runs exactly these):
+
+    python examples/mnist/pytorch_pruning_simple_resume.py --checkpoint pruned.pt --target-sparsity 0.98 --dataset synthetic --epochs 1 --train-subset 500
+    python examples/mnist/pytorch_pruning_simple_resume.py --checkpoint pruned.pt --fix --lr 0.005 --dataset synthetic --epochs 1 --train-subset 500
+
 ``restore_sparsity=True`` reads the masks from the weights (``weight != 0``), so the zeros of the
 loaded model never come back; with ``fix_sparsity=True`` the masks never change.
 """
@@ -10,7 +15,7 @@ loaded model never come back; with ``fix_sparsity=True`` the masks never change.
 import torch
 
 import prunekit.torch as pruning
-from common import accuracy, loaders, parser
+from common import accuracy, loaders, parser, schedule
 from prunekit.torch.models import SeedCNN
 
 
@@ -26,15 +31,14 @@ def main():
     train_loader, test_loader = loaders(args)
     steps_per_epoch = len(train_loader)
     model = SeedCNN()
-    model.load_state_dict(torch.load(args.checkpoint)["model"])
+    model.load_state_dict(torch.load(args.checkpoint, weights_only=True)["model"])
     print(f"loaded {args.checkpoint}: test accuracy {accuracy(model, test_loader):.4f}")
 
     prune_args = dict(restore_sparsity=True, keywords_no_sparse=["bias", "beta", "gamma", "conv1."])
     if args.fix:
         prune_args["fix_sparsity"] = True
     else:
-        prune_args.update(target_sparsity=args.target_sparsity, pretrain_step=0,
-                          sparse_step=max(1, args.epochs // 2) * steps_per_epoch, frequency=steps_per_epoch / 5)
+        prune_args.update(target_sparsity=args.target_sparsity, **schedule(args, steps_per_epoch, pretrain=False))
     optimizer = pruning.SGDSparse(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-5,
                                   param_name=model.named_parameters(), **prune_args)
     zeros_before = {n: (p == 0) for n, p in model.named_parameters() if n in optimizer.plan.names}

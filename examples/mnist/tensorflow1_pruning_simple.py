@@ -2,6 +2,10 @@
 
     python examples/mnist/tensorflow1_pruning_simple.py --dataset fashion-mnist --epochs 12
 
+Smallest run (seconds, generated data; tests/test_examples.py runs exactly this):
+
+    python examples/mnist/tensorflow1_pruning_simple.py --dataset synthetic --epochs 1 --train-subset 500
+
 Saves a tf.compat.v1.train.Saver checkpoint (weights, masks, global step) at --out.
 """
 

@@ -3,6 +3,11 @@
     python examples/mnist/tensorflow1_pruning_simple_resume.py --checkpoint tf1_pruned/model --target-sparsity 0.98
     python examples/mnist/tensorflow1_pruning_simple_resume.py --checkpoint tf1_pruned/model --fix --lr 0.005
 
+Smallest run, after tensorflow1_pruning_simple.py's (tests/test_examples.py runs exactly these):
+
+    python examples/mnist/tensorflow1_pruning_simple_resume.py --checkpoint tf1_pruned/model --target-sparsity 0.98 --dataset synthetic --epochs 1 --train-subset 500
+    python examples/mnist/tensorflow1_pruning_simple_resume.py --checkpoint tf1_pruned/model --fix --lr 0.005 --dataset synthetic --epochs 1 --train-subset 500
+
 Only the model's weights are read from the checkpoint (a new optimizer starts), as when fine-tuning a
 pre-trained sparse model: ``restore_sparsity=True`` takes the masks from the weights (``w != 0``).
 (The seed never finished this TensorFlow example.)
@@ -12,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 import prunekit.tf1 as pruning
-from np_common import batches, dataset, parser
+from np_common import batches, dataset, parser, schedule
 from tf1_model import accuracy, nhwc, seed_cnn
 
 v1 = tf.compat.v1
@@ -39,8 +44,7 @@ def main():
     if args.fix:
         prune["fix_sparsity"] = True
     else:
-        prune.update(target_sparsity=args.target_sparsity, sparse_step=max(1, args.epochs // 2) * steps,
-                     frequency=max(1, steps // 5))
+        prune.update(target_sparsity=args.target_sparsity, **schedule(args, steps, pretrain=False))
     optimizer = pruning.MomentumOptimizerSparse(args.lr, 0.9, **prune)
     with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
         train_op = optimizer.minimize(loss)

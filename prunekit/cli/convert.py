@@ -43,6 +43,7 @@ def add_parsers(sub):
                       ".safetensors or .npz")
     show.add_argument("--random-weights", action="store_true", help="show the graph with random weights")
     show.add_argument("--trust-pickle", action="store_true")
+    return [p, ir_cmd, show]
 
 
 def _input_shape(text):

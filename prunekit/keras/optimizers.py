@@ -62,8 +62,8 @@ class _SparseMixin:
         config = self._prune_config
         named = [(keras_name(v), v) for v in variables]
         shapes = [(n, tuple(np.array(v.shape)[list(canonical_perm(len(v.shape)))])) for n, v in named]
-        self.plan = resolve_plan(shapes, config)
-        self._host = HostPruner(self.plan, config)
+        self._plan = resolve_plan(shapes, config)
+        self._host = HostPruner(self._plan, config)
         by_name = dict(named)
         self._pruned = [(spec.name, by_name[spec.name]) for spec in self.plan]
         self._masks = [self.add_variable_from_reference(v, name="prune_mask", initializer="ones")
@@ -71,6 +71,20 @@ class _SparseMixin:
         self._have_masks = self.add_variable(shape=(), dtype="int32", name="prune_have_masks")
         self._restored = self.add_variable(shape=(max(1, len(self._pruned)),), dtype="float32",
                                            name="prune_restored")
+
+    @property
+    def plan(self):
+        """The resolved plan (which variables, which target, which pattern).
+
+        Keras builds an optimizer on its model's variables at the first ``fit`` / ``train_on_batch``; to see
+        the plan before training, build it yourself: ``optimizer.build(model.trainable_variables)``.
+        """
+        plan = getattr(self, "_plan", None)
+        if plan is None:
+            raise ConfigError(f"{type(self).__name__}.plan is known once the optimizer is built on the model's "
+                              "variables: after the first model.fit(...), or call "
+                              "optimizer.build(model.trainable_variables) first")
+        return plan
 
     @property
     def _prune_active(self):

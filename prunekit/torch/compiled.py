@@ -19,6 +19,8 @@ inside the optimizer. Compiling takes seconds to tens of seconds and
 needs a C++ toolchain for inductor on CPU.
 """
 
+import logging
+
 import numpy as np
 import torch
 from torch.optim.adam import adam as _functional_adam
@@ -28,6 +30,33 @@ from prunekit.core import native
 from prunekit.core.masks import prune_count
 
 __all__ = ["CompiledSGDStep", "CompiledAdamStep", "CompiledPruneEvent"]
+
+_log = logging.getLogger("prunekit")
+_announced = set()
+
+
+def _no_cuda_runtime_notice(record):
+    # torch.utils.cpp_extension (imported by inductor) logs this on every CPU-only machine with a CUDA
+    # build of torch; compiling for the CPU does not need a CUDA runtime, so it is noise here
+    return not record.getMessage().startswith("No CUDA runtime is found")
+
+
+logging.getLogger("torch.utils.cpp_extension").addFilter(_no_cuda_runtime_notice)
+
+
+class _Compiled:
+    """``torch.compile(fn)`` that says once per process, at its first call, that the pause is compilation
+    (a logging message on the ``prunekit`` logger: shown on stderr unless logging is configured otherwise)."""
+
+    def __init__(self, fn, what, **options):
+        self._fn, self._what = torch.compile(fn, dynamic=False, **options), what
+
+    def __call__(self, *args, **kwargs):
+        if self._what not in _announced:
+            _announced.add(self._what)
+            _log.warning("prunekit: compiling %s with torch.compile (a pause once per process; inductor caches "
+                         "the kernels for next time)", self._what)
+        return self._fn(*args, **kwargs)
 
 
 def _masked_sgd(params, grads, bufs, masks, lr, weight_decay, momentum, dampening, nesterov, maximize):
@@ -63,7 +92,7 @@ class _CompiledStep:
     """
 
     def __init__(self, fn):
-        self._fn = torch.compile(fn, dynamic=False)
+        self._fn = _Compiled(fn, "the pruning step")
         self._lr = {}
         self.fused_steps = 0  # steps that took the compiled path
 
@@ -292,10 +321,10 @@ class CompiledPruneEvent:
         #: it (the default optimizers) such tensors are left to the eager selection
         self.inductor = inductor
         if inductor:
-            self._counts = torch.compile(_event_counts, dynamic=False, fullgraph=True)
-            self._masks = torch.compile(_event_masks, dynamic=False, fullgraph=True)
-            self._sample = torch.compile(_event_sample, dynamic=False, fullgraph=True)
-            self._groups = torch.compile(_event_groups, dynamic=False, fullgraph=True)
+            self._counts = _Compiled(_event_counts, "the prune event", fullgraph=True)
+            self._masks = _Compiled(_event_masks, "the prune event", fullgraph=True)
+            self._sample = _Compiled(_event_sample, "the prune event", fullgraph=True)
+            self._groups = _Compiled(_event_groups, "the prune event", fullgraph=True)
         self.events = 0  # events that took the compiled path for at least one tensor
         self.native = True  # on CPU, prefer prunekit.core.native's kernels where they build (tests turn it off)
         self.native_events = 0  # calls (unstructured or grouped) decided by the native kernels

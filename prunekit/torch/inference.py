@@ -18,6 +18,7 @@ per layer, what was measured and chosen. Inference only: the new modules do not 
 import copy
 import statistics
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -46,10 +47,13 @@ class _SparseMatrix(nn.Module):
             self.csr = _scipy_csr(weight2d)
         elif kernel == "torch-csr":
             w = weight2d.detach()
-            crow_col = w.to_sparse_csr()
-            self.register_buffer("w", torch.sparse_csr_tensor(crow_col.crow_indices().to(torch.int32),
-                                                              crow_col.col_indices().to(torch.int32),
-                                                              crow_col.values(), w.shape))
+            with warnings.catch_warnings():  # torch's notice that CSR is "in beta": ours to know, not the user's
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                crow_col = w.to_sparse_csr()
+                # torch made these indices, so checking them once is cheap and says we opted in (no warning)
+                self.register_buffer("w", torch.sparse_csr_tensor(crow_col.crow_indices().to(torch.int32),
+                                                                  crow_col.col_indices().to(torch.int32),
+                                                                  crow_col.values(), w.shape, check_invariants=True))
         elif kernel == "semi-structured":
             if weight2d.device.type != "cuda":
                 raise ValueError("2:4 semi-structured kernels need CUDA")

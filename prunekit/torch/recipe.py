@@ -1,15 +1,22 @@
 """One training recipe for the demo, ``prunekit train`` and the examples: dense warm-up, cubic ramp,
 fine-tune, with a pruning optimizer swapped in for the plain one.
 
-Epochs set the schedule: ``pretrain_step = dense_epochs * steps_per_epoch``, ``sparse_step =
-ramp_epochs * steps_per_epoch``, ``frequency = steps_per_epoch // 5`` (the seed's choice), unless the
-pruning arguments give them. A checkpoint is written atomically after every epoch and a run resumed
-from it ends bit-identical to an uninterrupted one (the data order depends only on seed and epoch).
+Epochs set the schedule: ``pretrain_step = round(dense_epochs * steps_per_epoch)``, ``sparse_step =
+round(ramp_epochs * steps_per_epoch)``, ``frequency = steps_per_epoch // 5`` (the seed's choice), unless the
+pruning arguments give them. Epochs may be fractions (``--epochs 1`` is a quarter dense, half ramp, a
+quarter fine-tune). A checkpoint is written atomically after every epoch (and where ``max_steps`` stops a
+run); a run resumed from it ends bit-identical to an uninterrupted one (the data order depends only on
+seed and epoch, and a run stopped mid-epoch resumes at the next batch of that epoch).
+
+Checkpoints hold only tensors and plain Python values, so :func:`load_checkpoint` reads them with
+``torch.load(weights_only=True)``: a crafted file cannot run code.
 """
 
 import dataclasses
 import json
+import math
 import os
+import pickle
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +29,8 @@ from prunekit.data import load
 from prunekit.errors import ConfigError
 from prunekit.torch.models import SEED_CNN_DENSE, build_model
 
-__all__ = ["Recipe", "run", "load_checkpoint", "OPTIMIZERS"]
+__all__ = ["Recipe", "run", "load_checkpoint", "recipe_from_checkpoint", "recipe_differences", "OPTIMIZERS",
+           "RESUME_MAY_CHANGE"]
 
 OPTIMIZERS = {"sgd": (pruning.SGDSparse, torch.optim.SGD), "adam": (pruning.AdamSparse, torch.optim.Adam),
               "adamw": (pruning.AdamWSparse, torch.optim.AdamW)}
@@ -43,9 +51,9 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 5e-5
     batch_size: int = 128
-    dense_epochs: int = 3
-    ramp_epochs: int = 6
-    finetune_epochs: int = 3
+    dense_epochs: float = 3
+    ramp_epochs: float = 6
+    finetune_epochs: float = 3
     max_steps: int = None
     seed: int = 0
     compile_step: bool = False
@@ -61,12 +69,18 @@ class Recipe:
         for name in ("dense_epochs", "ramp_epochs", "finetune_epochs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
-        if self.epochs < 1:
-            raise ConfigError("the recipe needs at least one epoch")
+        if not self.epochs > 0:
+            raise ConfigError("the recipe needs some training: dense_epochs + ramp_epochs + finetune_epochs is 0")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1; got {self.batch_size}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0; got {self.lr}")
+
+
+def _schedule_steps(recipe, steps_per_epoch):
+    """``pretrain_step`` and ``sparse_step``: the pruning arguments' own, else from the epochs."""
+    return {"pretrain_step": recipe.prune.get("pretrain_step", round(recipe.dense_epochs * steps_per_epoch)),
+            "sparse_step": recipe.prune.get("sparse_step", round(recipe.ramp_epochs * steps_per_epoch))}
 
 
 def _optimizer(recipe, model, sparse, steps_per_epoch):
@@ -76,9 +90,7 @@ def _optimizer(recipe, model, sparse, steps_per_epoch):
         base_args["momentum"] = recipe.momentum
     if not sparse:
         return base_cls(model.parameters(), **base_args)
-    prune = dict(recipe.prune)
-    prune.setdefault("pretrain_step", recipe.dense_epochs * steps_per_epoch)
-    prune.setdefault("sparse_step", recipe.ramp_epochs * steps_per_epoch)
+    prune = {**recipe.prune, **_schedule_steps(recipe, steps_per_epoch)}
     prune.setdefault("frequency", max(1, steps_per_epoch // 5))
     return sparse_cls(model.parameters(), param_name=model.named_parameters(), compile_step=recipe.compile_step,
                       **base_args, **prune)
@@ -127,16 +139,64 @@ def _save_atomic(obj, path):
 
 
 def load_checkpoint(path):
-    """Load a checkpoint written by :func:`run`; a clear error when it is not one."""
+    """Load a checkpoint written by :func:`run` (or any dict with a ``"model"`` state_dict).
+
+    Only tensors and plain Python values are read (``torch.load(weights_only=True)``): a file that needs
+    arbitrary objects unpickled is refused, never executed.
+    """
     if not os.path.isfile(path):
         raise ConfigError(f"checkpoint {path!r} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{path!r} holds Python objects other than tensors and plain values ({first}); "
+                          "prunekit loads checkpoints with torch.load(weights_only=True) and does not run "
+                          "code from a file") from None
     except Exception as e:
         raise ConfigError(f"{path!r} is not a readable torch checkpoint: {e}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ConfigError(f"{path!r} is not a prunekit checkpoint (no 'model' entry)")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise ConfigError(f"{path!r} is not a prunekit checkpoint (no 'model' state_dict entry)")
     return ckpt
+
+
+# Recipe fields a resumed run may change: where the data is read from and when to stop. Everything else
+# decides the result, so a resumed run must keep the saved value.
+RESUME_MAY_CHANGE = ("max_steps", "data_root", "download")
+
+
+def recipe_from_checkpoint(checkpoint, path="checkpoint"):
+    """The :class:`Recipe` saved in a :func:`run` checkpoint (fields added since then get their defaults)."""
+    saved = checkpoint.get("recipe")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path!r} holds no training recipe: it was not written by prunekit train, so it "
+                          "cannot be resumed (use --init-from to start from its weights)")
+    known = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise ConfigError(f"{path!r} was written by a newer prunekit (recipe fields {unknown} are unknown here)")
+    return Recipe(**{**saved, "max_steps": None})
+
+
+def recipe_differences(saved, given):
+    """``[(field, saved value, given value)]`` for the fields that differ and may not change on resume.
+
+    A pruning argument is reported as ``prune.NAME``.
+    """
+    a, b = dataclasses.asdict(saved), dataclasses.asdict(given)
+    diffs = [(k, a[k], b[k]) for k in a if k != "prune" and k not in RESUME_MAY_CHANGE and a[k] != b[k]]
+    for k in sorted(set(a["prune"]) | set(b["prune"])):
+        if a["prune"].get(k) != b["prune"].get(k):
+            diffs.append((f"prune.{k}", a["prune"].get(k), b["prune"].get(k)))
+    return diffs
+
+
+def _load_weights(model, state, path):
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())
+        raise ConfigError(f"the weights in {path!r} do not fit this model: {detail[:300]}") from None
 
 
 def _state_size(state_dict):
@@ -153,14 +213,26 @@ def run(recipe, out_dir, baseline=False, resume=None, init_from=None, quiet=Fals
         recipe: a :class:`Recipe`.
         out_dir: output directory (created).
         baseline: also train a dense model with the base optimizer on the same batches.
-        resume: a checkpoint path to continue from (its recipe must match).
+        resume: a checkpoint path to continue from. Its recipe must equal ``recipe`` except for the fields
+            in :data:`RESUME_MAY_CHANGE` (:func:`recipe_from_checkpoint` gives it); the baseline is resumed
+            when the checkpoint has one.
         init_from: a checkpoint whose model weights start this run (fine-tuning a sparse model).
         quiet: no progress output.
 
     Returns:
-        The summary dict (also written to ``summary.json``).
+        The summary dict (also written to ``summary.json``, as strict JSON: a missing value is ``null``).
     """
     recipe.validate()
+    ckpt = None
+    if resume:
+        if init_from:
+            raise ConfigError("--init-from starts a new run and --resume continues one; give only one")
+        ckpt = load_checkpoint(resume)
+        diffs = recipe_differences(recipe_from_checkpoint(ckpt, resume), recipe)
+        if diffs:
+            raise ConfigError(f"{resume!r} was written by a different recipe: " + "; ".join(
+                f"{k} saved {a!r}, given {b!r}" for k, a, b in diffs))
+        baseline = "dense" in ckpt.get("models", {})
     os.makedirs(out_dir, exist_ok=True)
     data = load(recipe.dataset, root=recipe.data_root, download=recipe.download)
     data = data.subset(recipe.train_subset, recipe.test_subset)
@@ -173,25 +245,22 @@ def run(recipe, out_dir, baseline=False, resume=None, init_from=None, quiet=Fals
         runs["dense"] = build_model(recipe.model, data.classes)
         runs["dense"].load_state_dict(runs["pruned"].state_dict())
     if init_from:
-        runs["pruned"].load_state_dict(load_checkpoint(init_from)["model"])
+        source = load_checkpoint(init_from)
+        _load_weights(runs["pruned"], source["model"], init_from)
+        log(f"initialised the model from {init_from}: {len(source['model'])} tensors, "
+            f"sparsity {_weight_sparsity(runs['pruned']):.4f} of its matrices/kernels")
     opts = {k: _optimizer(recipe, m, k == "pruned", steps_per_epoch) for k, m in runs.items()}
-    total_steps = recipe.epochs * steps_per_epoch
+    total_steps = max(1, round(recipe.epochs * steps_per_epoch))
     scheds = {k: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total_steps) for k, o in opts.items()}
-    history, start_epoch = [], 0
-    if resume:
-        ckpt = load_checkpoint(resume)
-        saved = ckpt.get("recipe")
-        if isinstance(saved, dict):  # a field added since the checkpoint was written has its default value
-            saved = {**dataclasses.asdict(Recipe()), **saved}
-        if saved != dataclasses.asdict(recipe):
-            raise ConfigError(f"{resume!r} was written by a different recipe; resume needs the same flags "
-                              f"(saved: {ckpt.get('recipe')})")
+    history, step = [], 0
+    if ckpt is not None:
         for k in runs:
-            runs[k].load_state_dict(ckpt["models"][k])
+            _load_weights(runs[k], ckpt["models"][k], resume)
             opts[k].load_state_dict(ckpt["optimizers"][k])
             scheds[k].load_state_dict(ckpt["schedulers"][k])
-        history, start_epoch = ckpt["history"], ckpt["epoch"]
-        log(f"resumed from {resume} at epoch {start_epoch}")
+        history = list(ckpt["history"])
+        step = ckpt.get("step", history[-1]["step"] if history else ckpt["epoch"] * steps_per_epoch)
+        log(f"resumed from {resume} at step {step} of {total_steps} (epoch {step // steps_per_epoch + 1})")
     opt = opts["pruned"]
     log(f"data: {data.name} from {data.source}: {len(x_train)} train / {len(x_test)} test images")
     log(f"plan ({recipe.optimizer}, pattern {opt.plan.specs[0].pattern if len(opt.plan) else '-'}):\n{opt.plan}")
@@ -201,14 +270,19 @@ def run(recipe, out_dir, baseline=False, resume=None, init_from=None, quiet=Fals
     log(header)
     for row in history:
         log(_format_row(row, baseline))
+    stop = total_steps if recipe.max_steps is None else min(total_steps, recipe.max_steps)
+    if step >= stop:
+        log(f"nothing to train: the run is at step {step} and stops at step {stop}"
+            + (" (--max-steps)" if stop < total_steps else ""))
     loss_fn = torch.nn.CrossEntropyLoss()
-    step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, recipe.epochs):
+    for epoch in range(step // steps_per_epoch, math.ceil(total_steps / steps_per_epoch)):
+        if step >= stop:
+            break
         order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(recipe.seed * 1000 + epoch))
-        progress = _Progress(steps_per_epoch, f"epoch {epoch + 1}/{recipe.epochs}", quiet)
-        losses, times = [], []
-        for i in range(steps_per_epoch):
-            if recipe.max_steps is not None and step >= recipe.max_steps:
+        progress = _Progress(steps_per_epoch, f"epoch {epoch + 1}/{math.ceil(total_steps / steps_per_epoch)}", quiet)
+        losses, times, shown_sparsity = [], [], opt.sparsity()[1]
+        for i in range(step - epoch * steps_per_epoch, steps_per_epoch):
+            if step >= stop:
                 break
             idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
             xb, yb = x_train[idx], y_train[idx]
@@ -227,69 +301,100 @@ def run(recipe, out_dir, baseline=False, resume=None, init_from=None, quiet=Fals
                 shown_sparsity = opt.sparsity()[1]  # a pass over the weights: not every step
             progress.update(loss=f"{losses[-1]:.3f}", sparsity=f"{shown_sparsity:.3f}")
         progress.close()
-        row = {"epoch": epoch + 1, "step": step, "phase": _phase(recipe, epoch),
-               "loss": float(np.mean(losses)) if losses else float("nan"),
-               "test_acc": _accuracy(runs["pruned"], x_test, y_test), "sparsity": opt.sparsity()[1],
-               "ms_per_step": 1e3 * float(np.median(times)) if times else float("nan"),
+        row = {"epoch": epoch + 1, "step": step, "phase": _phase(recipe, steps_per_epoch, step),
+               "loss": float(np.mean(losses)), "test_acc": _accuracy(runs["pruned"], x_test, y_test),
+               "sparsity": opt.sparsity()[1], "ms_per_step": 1e3 * float(np.median(times)),
                "lr": opts["pruned"].param_groups[0]["lr"]}
         if baseline:
             row["dense_acc"] = _accuracy(runs["dense"], x_test, y_test)
-        history.append(row)
+        # a row written where max_steps stopped inside this epoch is replaced by the whole epoch's
+        history = [r for r in history if r["epoch"] != row["epoch"]] + [row]
         log(_format_row(row, baseline))
         _save_atomic({"model": runs["pruned"].state_dict(), "models": {k: m.state_dict() for k, m in runs.items()},
                       "optimizers": {k: o.state_dict() for k, o in opts.items()},
                       "schedulers": {k: s.state_dict() for k, s in scheds.items()},
-                      "epoch": epoch + 1, "history": history, "recipe": dataclasses.asdict(recipe)},
+                      "epoch": epoch + 1, "step": step, "history": history, "recipe": dataclasses.asdict(recipe)},
                      os.path.join(out_dir, "checkpoint.pt"))
-        if recipe.max_steps is not None and step >= recipe.max_steps:
-            break
-    return _summarize(recipe, runs, opt, history, x_test, out_dir, baseline, data)
+    return _summarize(recipe, runs, opt, history, x_test, y_test, out_dir, baseline, data)
 
 
-def _phase(recipe, epoch):
-    if epoch < recipe.dense_epochs:
+def _weight_sparsity(model):
+    zeros = total = 0
+    for p in model.parameters():
+        if p.dim() >= 2:
+            zeros, total = zeros + int((p == 0).sum()), total + p.numel()
+    return zeros / total if total else 0.0
+
+
+def _phase(recipe, steps_per_epoch, step):
+    """The schedule's phase at the end of an epoch that ended at ``step``."""
+    steps = _schedule_steps(recipe, steps_per_epoch)
+    if step <= steps["pretrain_step"]:
         return "dense"
-    return "ramp" if epoch < recipe.dense_epochs + recipe.ramp_epochs else "fine-tune"
+    return "ramp" if step <= steps["pretrain_step"] + steps["sparse_step"] else "fine-tune"
+
+
+def _number(value, width, digits):
+    """A table cell: ``-`` for a missing or non-finite value (a diverged loss), never ``nan``."""
+    if value is None or not math.isfinite(value):
+        return f"{'-':>{width}}"
+    return f"{value:>{width}.{digits}f}"
 
 
 def _format_row(row, baseline):
-    text = (f"{row['epoch']:>5} {row['phase']:<9} {row['loss']:>7.4f} {row['test_acc']:>9.4f} "
-            f"{row['sparsity']:>9.4f} {row['ms_per_step']:>8.1f}")
+    text = (f"{row['epoch']:>5} {row['phase']:<9} {_number(row['loss'], 7, 4)} {_number(row['test_acc'], 9, 4)} "
+            f"{_number(row['sparsity'], 9, 4)} {_number(row['ms_per_step'], 8, 1)}")
     if baseline and "dense_acc" in row:
-        text += f" {row['dense_acc']:>9.4f}"
+        text += f" {_number(row['dense_acc'], 9, 4)}"
     return text
 
 
-def _summarize(recipe, runs, opt, history, x_test, out_dir, baseline, data):
+def _strict_json(value):
+    """``value`` with every non-finite float replaced by None, so that it is valid JSON (RFC 8259)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def _summarize(recipe, runs, opt, history, x_test, y_test, out_dir, baseline, data):
     model = runs["pruned"]
     per_tensor, total = opt.sparsity()
     report = pruning.macs(model, x_test[:1])
+    checkpoint = os.path.join(out_dir, "checkpoint.pt")
+    final = history[-1]["test_acc"] if history else _accuracy(model, x_test, y_test)
     summary = {
         "recipe": dataclasses.asdict(recipe), "dataset_source": data.source,
-        "final_test_acc": history[-1]["test_acc"] if history else None,
-        "best_test_acc": max(r["test_acc"] for r in history) if history else None,
+        "final_test_acc": final, "best_test_acc": max([final] + [r["test_acc"] for r in history]),
         "sparsity": total, "per_tensor_sparsity": per_tensor,
         "dense_macs": report.dense, "effective_macs": report.effective, "pruning_rate": report.pruning_rate,
         "per_layer_macs": list(report.per_layer),
-        "checkpoint_bytes": os.path.getsize(os.path.join(out_dir, "checkpoint.pt")) if history else None,
+        "checkpoint_bytes": os.path.getsize(checkpoint) if os.path.exists(checkpoint) else None,
         "model_state_bytes": _state_size(model.state_dict()),
         "sparse_bytes": pruning.save_sparse(model, os.path.join(out_dir, "model.safetensors"))["bytes"],
         "history": history,
     }
-    if baseline and history:
-        summary["dense_final_test_acc"] = history[-1]["dense_acc"]
-        summary["dense_best_test_acc"] = max(r["dense_acc"] for r in history)
+    if baseline:
+        dense = history[-1]["dense_acc"] if history else _accuracy(runs["dense"], x_test, y_test)
+        summary["dense_final_test_acc"] = dense
+        summary["dense_best_test_acc"] = max([dense] + [r["dense_acc"] for r in history])
+    summary = _strict_json(summary)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+        json.dump(summary, f, indent=2, allow_nan=False)
     return summary
 
 
 def plot(summary, path):
-    """Accuracy and sparsity against step, as a PNG."""
+    """Accuracy and sparsity against step, as a PNG; returns False (and writes nothing) without epochs."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     history = summary["history"]
+    if not history:
+        return False
     steps = [r["step"] for r in history]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, [r["test_acc"] for r in history], "o-", label="pruned: test accuracy")
@@ -308,3 +413,4 @@ def plot(summary, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return True

@@ -113,7 +113,12 @@ def checkpoint_report(checkpoint, path=None):
     if recipe:
         from prunekit.torch.models import build_model
         model = build_model(recipe["model"])
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            from prunekit.errors import ConfigError
+            raise ConfigError(f"the weights in {path or 'the checkpoint'!r} do not fit its recipe's model "
+                              f"{recipe['model']!r}: {' '.join(str(e).split())[:300]}") from None
         size = 8 if recipe["dataset"] == "digits" else 28
         m = macs(model, torch.zeros(1, 1, size, size))
         report["macs"] = {"dense": m.dense, "effective": m.effective, "pruning_rate": m.pruning_rate}

@@ -235,15 +235,17 @@ def strip(checkpoint):
     """Pruning state removed, for people who only want weights (or a plain torch optimizer).
 
     Args:
-        checkpoint: an optimizer ``state_dict()`` (its ``"prunekit"`` entry is dropped, so
-            ``torch.optim.SGD.load_state_dict`` takes it), or a ``prunekit train`` checkpoint (its
+        checkpoint: an optimizer ``state_dict()`` (its ``prunekit_*`` entries, and the ``"prunekit"`` entry
+            of checkpoints from before 0.2, are dropped, so ``torch.optim.SGD.load_state_dict`` takes it), or a ``prunekit train`` checkpoint (its
             model ``state_dict`` is returned), or a model ``state_dict`` (returned as is).
     """
     if not isinstance(checkpoint, dict):
         raise ConfigError(f"strip needs a dict (a state_dict or a checkpoint); got {type(checkpoint).__name__}")
     if "state" in checkpoint and "param_groups" in checkpoint:
-        state = {k: v for k, v in checkpoint["state"].items() if k != "prunekit"}
-        return {"state": state, "param_groups": checkpoint["param_groups"]}
+        state = {k: {key: value for key, value in v.items() if not key.startswith("prunekit_")}
+                 for k, v in checkpoint["state"].items() if k != "prunekit" and isinstance(v, dict)}
+        groups = [{k: v for k, v in g.items() if not k.startswith("prunekit_")} for g in checkpoint["param_groups"]]
+        return {"state": {k: v for k, v in state.items() if v}, "param_groups": groups}
     if "model" in checkpoint and isinstance(checkpoint["model"], dict):
         return dict(checkpoint["model"])
     if all(torch.is_tensor(v) for v in checkpoint.values()):
