@@ -97,8 +97,8 @@ def masks(out):
         opt = pruning.SGDSparse(learning_rate=0.0, target_sparsity=target(pattern), pattern=pattern)
         variables = [conv.kernel, hidden.kernel]
         opt.apply([keras.ops.zeros(v.shape, "float32") for v in variables], variables)
-        for (name, v), mv in zip(opt._pruned, opt._masks):
-            key = "conv" if "conv" in name else "dense"
+        for (spec, v), mv in zip(opt._pruned, opt._masks):
+            key = "conv" if "conv" in spec.name else "dense"
             result[f"{pattern}/{key}"] = np.transpose(keras.ops.convert_to_numpy(mv), canonical_perm(len(v.shape))) > 0
     np.savez(out, **result)
     print("masks written")
