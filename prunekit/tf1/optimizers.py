@@ -103,7 +103,8 @@ class _SparseMixin:
                 else:
                     g = g * m
                 if self._prune_config.L1_regularization:
-                    g = tf.convert_to_tensor(g) + tf.cast(self._prune_config.l1_strength, v.dtype.base_dtype) * tf.sign(v)
+                    strength = tf.cast(self._prune_config.l1_strength, v.dtype.base_dtype)
+                    g = tf.convert_to_tensor(g) + strength * tf.sign(v)
             out.append((g, v))
         return out
 

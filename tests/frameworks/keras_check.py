@@ -2,8 +2,8 @@
 
 Prints one "<check> ok" line per check that passed; tests/test_frameworks.py asserts on them. TABLE
 (every optimizer, with Keras's own options) drives the target-0 bit-identity and the pruning invariants;
-the other checks are the edges of issue 16 (XLA, EMA, one kernel, names across save/load, clipping, accumulation, restore at
-a non-zero step, L1, two optimizers, mixed precision, Global).
+the other checks are the edges of issue 16 (XLA, EMA, one kernel, names across save/load, clipping,
+accumulation, restore at a non-zero step, L1, two optimizers, mixed precision, Global).
 """
 
 import os
@@ -41,9 +41,9 @@ PRUNE = dict(target_sparsity=0.75, pretrain_step=1, sparse_step=4, frequency=1, 
 
 def model(seed=0, name="net"):
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((6, 6, 4)), keras.layers.Conv2D(8, 3, name="conv"), keras.layers.Flatten(),
-                             keras.layers.Dense(16, activation="relu", name="hidden"), keras.layers.Dense(6, name="out")],
-                            name=name)
+    layers = [keras.Input((6, 6, 4)), keras.layers.Conv2D(8, 3, name="conv"), keras.layers.Flatten(),
+              keras.layers.Dense(16, activation="relu", name="hidden"), keras.layers.Dense(6, name="out")]
+    return keras.Sequential(layers, name=name)
 
 
 def data(n=32, seed=0):
@@ -270,8 +270,8 @@ def check_two_optimizers():
     """Two pruning optimizers in one custom loop (a generator and a discriminator): each follows its own plan."""
     def sub(name, n_in):
         keras.utils.set_random_seed(len(name))
-        return keras.Sequential([keras.Input((n_in,)), keras.layers.Dense(8, name="a"), keras.layers.Dense(4, name="b")],
-                                name=name)
+        layers = [keras.Input((n_in,)), keras.layers.Dense(8, name="a"), keras.layers.Dense(4, name="b")]
+        return keras.Sequential(layers, name=name)
 
     def run(which):
         nets = {"gen": sub("gen", 8), "disc": sub("disc", 4)}
@@ -290,7 +290,7 @@ def check_two_optimizers():
     assert abs(opts["gen"].sparsity()[1] - 0.5) < 1e-6 and abs(opts["disc"].sparsity()[1] - 0.75) < 1e-6
     alone = {**run(["gen"])[0], **run(["disc"])[0]}
     for k in both:
-        assert all(np.array_equal(p, q) for p, q in zip(both[k], alone[k])), f"{k} differs when trained beside the other"
+        assert all(np.array_equal(p, q) for p, q in zip(both[k], alone[k])), f"{k} differs beside the other"
     print("two optimizers ok")
 
 

@@ -122,7 +122,7 @@ def check_l1():
     gw, gb = d.weight.grad().asnumpy().copy(), d.bias.grad().asnumpy().copy()
     t.step(4)
     expected_w = w0 - np.float32(0.1) * (gw / 4 + np.float32(0.5) * np.sign(w0))
-    assert np.allclose(d.weight.data().asnumpy(), expected_w, rtol=1e-5, atol=1e-6), "L1 differs from the hand computation"
+    assert np.allclose(d.weight.data().asnumpy(), expected_w, rtol=1e-5, atol=1e-6), "L1 differs from the hand sum"
     assert np.allclose(d.bias.data().asnumpy(), b0 - np.float32(0.1) * gb / 4, rtol=1e-5, atol=1e-6)
     print("l1 ok")
 
@@ -142,7 +142,8 @@ def check_two_optimizers():
             for k in which:
                 train(nets[k], trainers[k], [(x, y)])
         for k in which:
-            out[k] = ([p.data().asnumpy() for p in nets[k].collect_params().values()], trainers[k]._optimizer.sparsity())
+            values = [p.data().asnumpy() for p in nets[k].collect_params().values()]
+            out[k] = (values, trainers[k]._optimizer.sparsity())
         return out
 
     both, alone = run("ab"), {**run("a"), **run("b")}
