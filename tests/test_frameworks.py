@@ -67,7 +67,7 @@ def assert_masks_match(path):
 KERAS_CHECKS = ("table", "pruning and resume", "errors", "names across save/load", "ema", "one kernel eager",
                 "clipping and moments", "accumulation events", "restore at a restored step", "l1", "two optimizers")
 TF1_CHECKS = ("equivalence", "table", "pruning and resume", "restore at a restored step", "two optimizers", "l1",
-              "loss scaling")
+              "clipping", "loss scaling")
 MXNET_CHECKS = ("equivalence", "table", "pruning and resume", "restore at a restored step", "l1", "two optimizers")
 
 

@@ -41,24 +41,39 @@ class _SparseMixin:
         self.plan = None
         self._scopes = {}
 
-    def apply_gradients(self, grads_and_vars, global_step=None, name=None):
-        grads_and_vars = [(g, v) for g, v in grads_and_vars if g is not None]
+    def _set_up(self, grads_and_vars, own_counter):
+        """Plan the tensors of ``grads_and_vars`` and make this optimizer's variables; False at nothing to do."""
         config = self._prune_config
         named = [(v.name, v) for _, v in grads_and_vars]
         shapes = [(n, tuple(np.array(v.shape.as_list())[list(canonical_perm(v.shape.ndims))])) for n, v in named]
         self.plan = resolve_plan(shapes, config)
         if config.is_noop or not len(self.plan):
-            return super().apply_gradients(grads_and_vars, global_step=global_step, name=name)
+            return False
         by_name = dict(named)
         self._pruned = [(spec.name, by_name[spec.name]) for spec in self.plan]
         self._host = HostPruner(self.plan, config)
-        counter = self._make_variables(global_step is None)
+        self._counter = self._make_variables(own_counter)
+        return True
+
+    def compute_gradients(self, loss, var_list=None, **kwargs):
+        """The base's gradients, those of pruned entries zeroed: a user who clips between
+        ``compute_gradients`` and ``apply_gradients`` clips the kept entries only."""
+        grads_and_vars = super().compute_gradients(loss, var_list=var_list, **kwargs)
+        if not self._set_up([(g, v) for g, v in grads_and_vars if g is not None], own_counter=False):
+            return grads_and_vars
+        return self._mask_gradients(grads_and_vars)
+
+    def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+        grads_and_vars = [(g, v) for g, v in grads_and_vars if g is not None]
+        if not self._set_up(grads_and_vars, own_counter=global_step is None):
+            return super().apply_gradients(grads_and_vars, global_step=global_step, name=name)
+        counter = self._counter
         step = tf.cast(global_step if global_step is not None else counter, tf.int64)
         # the event rewrites weights: it must run after the gradients have read them (as in torch)
         with tf.control_dependencies([g for g, _ in grads_and_vars]):
             before = self._before_update(step)
         with tf.control_dependencies([before]):
-            grads_and_vars = self._process_gradients(grads_and_vars)
+            grads_and_vars = self._add_l1(self._mask_gradients(grads_and_vars))
             update = super().apply_gradients(grads_and_vars, global_step=global_step, name=name)
         with tf.control_dependencies([update]):
             masked = [v.assign(v * m) for (_, v), m in zip(self._pruned, self._masks)]
@@ -90,23 +105,28 @@ class _SparseMixin:
                     return v1.get_variable("step", initializer=np.int64(0), trainable=False, dtype=tf.int64)
         return None
 
-    def _process_gradients(self, grads_and_vars):
-        """Gradients of pruned entries to 0 (so no momentum or moment of theirs grows between events), then
-        ``l1_strength * sign(w)`` on the planned tensors, as torch adds it in its step."""
+    def _mask_gradients(self, grads_and_vars):
+        """Gradients of pruned entries to 0, so no momentum or moment of theirs grows between events."""
         masks = {id(v): m for (_, v), m in zip(self._pruned, self._masks)}
         out = []
         for g, v in grads_and_vars:
             m = masks.get(id(v))
-            if m is not None:
+            if m is not None and g is not None:
                 if isinstance(g, tf.IndexedSlices):
                     g = tf.IndexedSlices(g.values * tf.gather(m, g.indices), g.indices, g.dense_shape)
                 else:
                     g = g * m
-                if self._prune_config.L1_regularization:
-                    strength = tf.cast(self._prune_config.l1_strength, v.dtype.base_dtype)
-                    g = tf.convert_to_tensor(g) + strength * tf.sign(v)
             out.append((g, v))
         return out
+
+    def _add_l1(self, grads_and_vars):
+        """``l1_strength * sign(w)`` on the planned tensors, in the step, as torch adds it."""
+        if not self._prune_config.L1_regularization:
+            return grads_and_vars
+        planned = {id(v) for _, v in self._pruned}
+        strength = self._prune_config.l1_strength
+        return [(tf.convert_to_tensor(g) + tf.cast(strength, v.dtype.base_dtype) * tf.sign(v)
+                 if id(v) in planned else g, v) for g, v in grads_and_vars]
 
     def _before_update(self, step):
         config = self._prune_config

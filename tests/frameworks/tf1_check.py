@@ -179,6 +179,30 @@ def check_l1():
     print("l1 ok")
 
 
+def check_clipping():
+    """compute_gradients -> clip_by_global_norm -> apply_gradients: after an event the clipped gradients of
+    pruned entries are 0, so the norm is the kept entries' norm."""
+    g = v1.Graph()
+    rng = np.random.default_rng(6)
+    with g.as_default():
+        k = v1.get_variable("dense/kernel", initializer=rng.standard_normal((16, 6)).astype("float32"))
+        x = tf.constant(rng.random((4, 16)).astype("float32"))
+        opt = pruning.AdamOptimizerSparse(0.01, target_sparsity=0.9)
+        grads_and_vars = opt.compute_gradients(tf.reduce_sum(tf.square(tf.matmul(x, k) - 1.0)))
+        clipped, norm = tf.clip_by_global_norm([gv[0] for gv in grads_and_vars], 0.01)
+        train = opt.apply_gradients(zip(clipped, [gv[1] for gv in grads_and_vars]))
+        with v1.Session(graph=g) as s:
+            s.run(v1.global_variables_initializer())
+            s.run(train)  # step 0: the event
+            mask = s.run(opt._masks[0])
+            grad, n = s.run([grads_and_vars[0][0], norm])
+            s.run(train)
+            m, v = s.run([opt.get_slot(k, "m"), opt.get_slot(k, "v")])
+    assert (grad[mask == 0] == 0).all() and np.isclose(n, np.linalg.norm(grad)), "clipping saw pruned gradients"
+    assert (m[mask == 0] == 0).all() and (v[mask == 0] == 0).all(), "Adam moments of pruned entries grew"
+    print("clipping ok")
+
+
 def check_loss_scaling():
     """MixedPrecisionLossScaleOptimizer: target 0 = the wrapped base; a skipped step (inf gradients) does not
     advance the schedule; a pruned run hits its target."""
@@ -284,5 +308,6 @@ if __name__ == "__main__":
             check_restore_nonzero_step()
             check_two_optimizers()
             check_l1()
+            check_clipping()
             check_loss_scaling()
             masks(sys.argv[1])
