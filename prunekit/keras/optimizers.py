@@ -3,7 +3,7 @@
 Works with ``model.fit`` (``jit_compile=True`` included) and custom loops on the TensorFlow and PyTorch
 backends. Everything the pruning needs is an optimizer variable, so ``model.save`` /
 ``keras.models.load_model`` and checkpoints resume it: one mask per pruned kernel, a flag saying whether
-masks exist, and the sparsity each tensor was restored with. ``optimizer.iterations`` is the step counter
+masks exist, and the sparsity each tensor was restored with. Masks are ``uint8``, one byte per parameter. ``optimizer.iterations`` is the step counter
 (with ``gradient_accumulation_steps`` it counts real updates, as Keras's own property does).
 
 Names: a variable is named by its Keras path with ``/`` replaced by ``.`` (``net/h/kernel`` becomes
@@ -107,8 +107,9 @@ class _SparseMixin:
         by_name = {name: v for (name, _), v in zip(named, variables)}
         # model variables are held out of Keras's attribute tracking, else they count as optimizer variables
         self._refs = SimpleNamespace(pruned=[(spec, by_name[spec.name]) for spec in self.plan], applying=None)
-        self._masks = [self.add_variable_from_reference(v, name="prune_mask", initializer="ones")
-                       for _, v in self._pruned]
+        # one byte per parameter (a float mask would take the kernel's 4)
+        self._masks = [self.add_variable(shape=v.shape, dtype="uint8", initializer="ones",
+                                         name=v.path.replace("/", "_") + "_prune_mask") for _, v in self._pruned]
         self._have_masks = self.add_variable(shape=(), dtype="int32", name="prune_have_masks")
         self._restored = self.add_variable(shape=(max(1, len(self._pruned)),), dtype="float32",
                                            name="prune_restored")

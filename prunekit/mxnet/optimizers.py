@@ -76,7 +76,7 @@ class _SparseMixin:
         base = super().create_state_multi_precision(index, weight)
         if not self._planned(index):
             return base
-        mask = mx.nd.ones(weight.shape, ctx=weight.context, dtype=weight.dtype)
+        mask = mx.nd.ones(weight.shape, ctx=weight.context, dtype="uint8")  # one byte per parameter
         return [mask, {"name": self._name(index), "have_masks": False, "restored": 0.0}, base]
 
     @staticmethod
@@ -111,7 +111,7 @@ class _SparseMixin:
         step = self._index_update_count.get(index, self.begin_num_update)
         if self._prune_config.restore_sparsity and not info["have_masks"]:
             kept = full != 0
-            mask[:] = kept
+            mask[:] = kept.astype(mask.dtype)
             info.update(have_masks=True, restored=1.0 - float(kept.mean().asscalar()))
         if self._host.is_event(step, info["have_masks"]):
             prior = mask.asnumpy() > 0

@@ -5,7 +5,7 @@ and ``AdamOptimizer``; use them as the seed's example did: ``train_op = opt.mini
 global_step=global_step)``. Parameter names are the variable names (``conv2d/kernel:0``).
 
 State is graph variables, so ``tf.compat.v1.train.Saver`` checkpoints it: a ``prune_mask`` slot per
-pruned kernel, and, in a variable scope of each optimizer's own (``prunekit``, then ``prunekit_1`` for a
+pruned kernel (``uint8``: one byte per parameter), and, in a variable scope of each optimizer's own (``prunekit``, then ``prunekit_1`` for a
 second optimizer in the same graph), ``have_masks``, ``restored`` (the sparsity each tensor was restored
 with) and ``step`` (only when no ``global_step`` is passed). Prune events are graph ops driven by that
 step: ``tf.cond`` on the step runs a ``tf.numpy_function`` that returns the reference masks of
@@ -76,7 +76,7 @@ class _SparseMixin:
             grads_and_vars = self._add_l1(self._mask_gradients(grads_and_vars))
             update = super().apply_gradients(grads_and_vars, global_step=global_step, name=name)
         with tf.control_dependencies([update]):
-            masked = [v.assign(v * m) for (_, v), m in zip(self._pruned, self._masks)]
+            masked = [v.assign(v * tf.cast(m, v.dtype.base_dtype)) for (_, v), m in zip(self._pruned, self._masks)]
             if counter is not None:
                 masked.append(counter.assign_add(1))
         return tf.group(update, *masked)
@@ -95,8 +95,9 @@ class _SparseMixin:
             # the base update finds them and creates nothing twice
             self._create_slots([v for _, v in self._pruned])
             with v1.variable_scope(scope, reuse=v1.AUTO_REUSE):
-                self._masks = [self._get_or_make_slot_with_initializer(v, v1.ones_initializer(), v.shape,
-                                                                       v.dtype.base_dtype, "prune_mask", self._name)
+                # one byte per parameter (a float mask would take the kernel's 4)
+                self._masks = [self._get_or_make_slot_with_initializer(v, v1.ones_initializer(tf.uint8), v.shape,
+                                                                       tf.uint8, "prune_mask", self._name)
                                for _, v in self._pruned]
                 self._have_masks = v1.get_variable("have_masks", initializer=0, trainable=False, dtype=tf.int32)
                 self._restored = v1.get_variable("restored", initializer=np.zeros(len(self._pruned), np.float32),
@@ -113,9 +114,10 @@ class _SparseMixin:
             m = masks.get(id(v))
             if m is not None and g is not None:
                 if isinstance(g, tf.IndexedSlices):
-                    g = tf.IndexedSlices(g.values * tf.gather(m, g.indices), g.indices, g.dense_shape)
+                    rows = tf.cast(tf.gather(m, g.indices), g.values.dtype)
+                    g = tf.IndexedSlices(g.values * rows, g.indices, g.dense_shape)
                 else:
-                    g = g * m
+                    g = g * tf.cast(m, g.dtype)
             out.append((g, v))
         return out
 
@@ -143,7 +145,7 @@ class _SparseMixin:
     def _restore(self):
         assigns, restored = [], []
         for (_, v), m in zip(self._pruned, self._masks):
-            kept = tf.cast(tf.not_equal(v, 0), m.dtype)
+            kept = tf.cast(tf.not_equal(v, 0), m.dtype.base_dtype)
             assigns.append(m.assign(kept))
             restored.append(1.0 - tf.reduce_mean(tf.cast(kept, tf.float32)))
         assigns.append(self._restored.assign(tf.stack(restored)))
@@ -168,7 +170,7 @@ class _SparseMixin:
         assigns = []
         for (_, v), m_var, mask, perm in zip(self._pruned, self._masks, masks, perms):
             kept = tf.cast(tf.transpose(tf.ensure_shape(mask, [v.shape[i] for i in perm]), np.argsort(perm)), v.dtype)
-            assigns += [m_var.assign(kept), v.assign(v * kept)]
+            assigns += [m_var.assign(tf.cast(kept, m_var.dtype.base_dtype)), v.assign(v * kept)]
             for slot_name in self._prune_slots:
                 slot = self.get_slot(v, slot_name)
                 if slot is not None:

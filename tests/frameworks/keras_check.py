@@ -357,6 +357,7 @@ def masks(out):
         else:
             opt.apply(zeros, variables)
         for (spec, v), mv in zip(opt._pruned, opt._masks):
+            assert numpy(mv).dtype == np.uint8, "masks take one byte per parameter"
             key = "conv" if "conv" in spec.name else "dense"
             result[f"{pattern}/{key}"] = np.transpose(numpy(mv), canonical_perm(len(v.shape))) > 0
     expected = reference_global_masks([w["conv"], w["dense"]], 0.6)

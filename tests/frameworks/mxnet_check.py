@@ -227,6 +227,7 @@ def masks(out):
         loss.backward()
         trainer.step(1)
         states = trainer._updaters[0].states
+        assert states[0][0].dtype == np.uint8, "masks take one byte per parameter"
         result[f"{pattern}/conv"] = states[0][0].asnumpy() > 0
         result[f"{pattern}/dense"] = states[1][0].asnumpy() > 0
     np.savez(out, **result)

@@ -289,6 +289,7 @@ def masks(out):
                 s.run(v1.global_variables_initializer())
                 s.run(train)
                 mk, md = s.run(opt._masks)
+                assert mk.dtype == md.dtype == np.uint8, "masks take one byte per parameter"
         result[f"{pattern}/conv"] = np.transpose(mk, (3, 2, 0, 1)) > 0
         result[f"{pattern}/dense"] = md.T > 0
     expected = reference_global_masks([w["conv"], w["dense"]], 0.6)
