@@ -46,7 +46,8 @@ class _SparseMixin:
         config = self._prune_config
         named = [(v.name, v) for _, v in grads_and_vars]
         shapes = [(n, tuple(np.array(v.shape.as_list())[list(canonical_perm(v.shape.ndims))])) for n, v in named]
-        self.plan = resolve_plan(shapes, config)
+        if self.plan is None or self._planned_shapes != shapes:  # minimize() comes here twice: warn once
+            self.plan, self._planned_shapes = resolve_plan(shapes, config), shapes
         if config.is_noop or not len(self.plan):
             return False
         by_name = dict(named)

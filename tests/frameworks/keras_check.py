@@ -18,6 +18,7 @@ from common import PATTERNS, target, weights  # noqa: E402
 
 import prunekit.keras as pruning  # noqa: E402
 from prunekit.core.masks import reference_global_masks, reference_mask  # noqa: E402
+from prunekit.errors import PruningRuntimeError  # noqa: E402
 from prunekit.keras.optimizers import canonical_perm  # noqa: E402
 
 BACKEND = keras.backend.backend()
@@ -147,6 +148,16 @@ def check_errors():
         assert "did you mean" in str(e), e
     else:
         raise AssertionError("no error for an unknown name")
+    m = model(name="nan")
+    opt = pruning.SGDSparse(learning_rate=0.0, target_sparsity=0.5)
+    kernel = m.get_layer("hidden").kernel
+    kernel.assign(np.where(np.eye(*kernel.shape) > 0, np.nan, numpy(kernel)))
+    try:
+        opt.apply([keras.ops.zeros(v.shape) for v in m.trainable_variables], m.trainable_variables)
+    except PruningRuntimeError as e:
+        assert "'nan.hidden.kernel' holds NaN or inf at step 0" in str(e), e
+    else:
+        raise AssertionError("no error for NaN weights at an event")
     print("errors ok")
 
 
