@@ -7,10 +7,17 @@ are already in the canonical ``(out, in, *spatial)`` layout.
 
 State: each pruned parameter's optimizer state becomes ``[mask, pruning info, base state]``, so
 ``Trainer.save_states`` / ``load_states`` checkpoint the masks and the step (the per-parameter
-update count MXNet keeps). At a prune event the mask comes from the numpy reference
-(:class:`prunekit.core.pruner.HostPruner`; MXNet runs eagerly, so the weight is read to the host);
-pruned weights and their momentum/moment state are zeroed; after each base update the weight is
-multiplied by its mask. With nothing to prune the state is the base optimizer's, untouched.
+update count MXNet keeps). ``restore_sparsity`` reads ``w != 0`` at the first update of each
+parameter, whatever its (possibly restored) update count. At a prune event the mask comes from the
+numpy reference (:class:`prunekit.core.pruner.HostPruner`; MXNet runs eagerly, so the weight is read
+to the host); pruned weights and every array of their state (momentum, Nadam's moments, the float32
+master copy of ``multi_precision``) are zeroed. Before each base update the gradient of pruned
+entries is zeroed in place (so their state stays 0) and, with ``L1_regularization``,
+``l1_strength * sign(w) / rescale_grad`` is added, so that after MXNet's rescaling the step sees
+``l1_strength * sign(w)`` as torch's does (MXNet's ``clip_gradient`` then clips the sum). After the
+base update the weight (and its master copy) is multiplied by its mask. With ``multi_precision=True``
+and float16 weights, masks are computed from the float32 master copy.
+With nothing to prune the state is the base optimizer's, untouched.
 ``Global()`` is not supported here (MXNet updates one parameter at a time).
 """
 
@@ -46,11 +53,14 @@ class _SparseMixin:
 
     def _plan(self):
         if self._prune_plan is None:
-            named = [(p.name, tuple(p.shape)) for _, p in sorted(self.param_dict.items())] if self.param_dict \
-                else [(n, None) for _, n in sorted(self.idx2name.items())]
+            items = sorted(self.param_dict.items()) if self.param_dict else sorted(self.idx2name.items())
+            named = [(p.name, tuple(p.shape)) for _, p in items] if self.param_dict else [(n, None) for _, n in items]
             if any(shape is None for _, shape in named):
                 raise ConfigError("prunekit.mxnet needs the parameters' shapes: use gluon.Trainer")
             self._prune_plan = resolve_plan(named, self._prune_config)
+            # the plan's names by position: Gluon renames the parameters of a rebuilt network, and
+            # Trainer.load_states brings back this (pickled) optimizer with its plan
+            self._prune_index = {name: index for (index, _), (name, _) in zip(items, named)}
             self._host = HostPruner(self._prune_plan, self._prune_config)
         return self._prune_plan
 
@@ -66,7 +76,7 @@ class _SparseMixin:
         base = super().create_state_multi_precision(index, weight)
         if not self._planned(index):
             return base
-        mask = mx.nd.ones(weight.shape, ctx=weight.context, dtype=weight.dtype)
+        mask = mx.nd.ones(weight.shape, ctx=weight.context, dtype="uint8")  # one byte per parameter
         return [mask, {"name": self._name(index), "have_masks": False, "restored": 0.0}, base]
 
     @staticmethod
@@ -76,36 +86,55 @@ class _SparseMixin:
         return isinstance(state, list) and len(state) == 3 and isinstance(state[1], dict) and "have_masks" in state[1]
 
     # -- the step ---------------------------------------------------------------------------------------
-    def _before(self, index, weight, state):
+    def _master(self, weight, base):
+        """The float32 master copy of a float16 weight under ``multi_precision``, else None. SGD and NAG
+        keep ``(state, master)``; the generic wrapper (Nadam) keeps ``(master, state)``."""
+        if not (self.multi_precision and weight.dtype == np.float16 and isinstance(base, (tuple, list))):
+            return None
+        return base[1] if isinstance(self, (mx.optimizer.SGD, mx.optimizer.NAG)) else base[0]
+
+    @staticmethod
+    def _mask_arrays(arrays, mask, shape):
+        """Multiply every array of ``shape`` in a (nested) state by the mask, in its own dtype."""
+        if isinstance(arrays, (list, tuple)):
+            for a in arrays:
+                _SparseMixin._mask_arrays(a, mask, shape)
+        elif isinstance(arrays, mx.nd.NDArray) and arrays.shape == shape:
+            arrays[:] = arrays * (mask if mask.dtype == arrays.dtype else mask.astype(arrays.dtype))
+
+    def _before(self, index, weight, grad, state):
         mask, info, base = state
         name = info["name"]
         self._plan()
+        master = self._master(weight, base)
+        full = master if master is not None else weight  # the weight in full precision
         step = self._index_update_count.get(index, self.begin_num_update)
-        if self._prune_config.restore_sparsity and not info["have_masks"] and step == 0:
-            kept = weight != 0
-            mask[:] = kept
+        if self._prune_config.restore_sparsity and not info["have_masks"]:
+            kept = full != 0
+            mask[:] = kept.astype(mask.dtype)
             info.update(have_masks=True, restored=1.0 - float(kept.mean().asscalar()))
-        if not self._host.is_event(step, info["have_masks"]):
-            return
-        prior = mask.asnumpy() > 0
-        try:
-            new = self._host.mask(name, step, weight.asnumpy(), prior, {name: info["restored"]})
-        except ValueError as e:
-            raise ValueError(f"prunekit.mxnet: {e}") from None
-        mask[:] = mx.nd.array(new.astype(np.float32), ctx=weight.context, dtype=weight.dtype)
-        weight[:] = weight * mask
-        for s in (base if isinstance(base, (list, tuple)) else [base]):
-            if isinstance(s, mx.nd.NDArray) and s.shape == weight.shape:
-                s[:] = s * mask
-        info["have_masks"] = True
+        if self._host.is_event(step, info["have_masks"]):
+            prior = mask.asnumpy() > 0
+            try:
+                new = self._host.mask(name, step, full.asnumpy(), prior, {name: info["restored"]})
+            except ValueError as e:
+                raise ValueError(f"prunekit.mxnet: {e}") from None
+            mask[:] = mx.nd.array(new.astype(np.float32), ctx=weight.context, dtype=mask.dtype)
+            self._mask_arrays([weight, base], mask, weight.shape)
+            info["have_masks"] = True
+        if info["have_masks"]:
+            self._mask_arrays(grad, mask, weight.shape)
+        if self._prune_config.L1_regularization:
+            scale = self._prune_config.l1_strength / self.rescale_grad
+            grad[:] = grad + (mx.nd.sign(full) * scale).astype(grad.dtype)
 
     def update_multi_precision(self, index, weight, grad, state):
         many = isinstance(index, (list, tuple))
         indices, weights, grads, states = (index, weight, grad, state) if many else ([index], [weight], [grad], [state])
         base_states = []
-        for i, w, s in zip(indices, weights, states):
+        for i, w, g, s in zip(indices, weights, grads, states):
             if self._pruned_state(s):
-                self._before(i, w, s)
+                self._before(i, w, g, s)
                 base_states.append(s[2])
             else:
                 base_states.append(s)
@@ -119,7 +148,8 @@ class _SparseMixin:
             self._in_base_update = False
         for w, s in zip(weights, states):
             if self._pruned_state(s):
-                w[:] = w * s[0]
+                master = self._master(w, s[2])
+                self._mask_arrays([w] + ([master] if master is not None else []), s[0], w.shape)
 
     def update(self, index, weight, grad, state):
         if getattr(self, "_in_base_update", False):
@@ -129,9 +159,8 @@ class _SparseMixin:
     def sparsity(self):
         """``(per_tensor, total)`` of the planned parameters, read from the Trainer's parameters."""
         per, zeros, total = {}, 0, 0
-        by_name = {p.name: p for p in self.param_dict.values()}
         for name in self._plan().names:
-            w = by_name[name].data().asnumpy()
+            w = self.param_dict[self._prune_index[name]].data().asnumpy()
             per[name] = float((w == 0).mean())
             zeros, total = zeros + int((w == 0).sum()), total + w.size
         return per, (zeros / total if total else 0.0)
