@@ -59,10 +59,14 @@ def test_chooses_by_measurement_only():
 
 def test_report_lists_unavailable_kernels():
     model = pruned_cnn()
-    _, report = pruning.sparsify_for_inference(model, torch.randn(1, 1, 28, 28), kernels=("scipy-csr",),
-                                               timer=lambda fn: 1.0)
+    _, report = pruning.sparsify_for_inference(model, torch.randn(1, 1, 28, 28),
+                                               kernels=("scipy-csr", "semi-structured"), timer=lambda fn: 1.0)
     row = next(r for r in report if r["name"] == "linear1")
-    assert row["density"] == pytest.approx(0.1, abs=0.03) and "scipy-csr" in row["candidates"]
+    assert row["density"] == pytest.approx(0.1, abs=0.03)
+    assert isinstance(row["candidates"]["scipy-csr"], float)  # it ran (and timed 1.0 like dense: not chosen)
+    if not torch.cuda.is_available():
+        assert row["candidates"]["semi-structured"].startswith("unavailable: 2:4 semi-structured kernels need CUDA")
+    assert row["chosen"] == "dense"
 
 
 def test_a_model_that_is_one_layer_is_replaced():

@@ -135,8 +135,8 @@ def test_turned_off_by_environment(monkeypatch, tmp_path):
 
 
 def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
-    if not native._has_avx2():
-        pytest.skip("no AVX2 CPU: nothing is built")
+    if not native._x86_64():
+        pytest.skip("not x86-64: nothing is built")
     _fresh(monkeypatch, tmp_path, CC="false")
     with pytest.warns(RuntimeWarning, match="native prune-event kernels unavailable"):
         assert native.kernels() is None
@@ -144,6 +144,25 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir()), "no half-written library left behind"
     with pytest.raises(RuntimeError, match="not available"):
         native.select_masks([np.ones(8, np.float32)], [1], None, [np.zeros(8, np.uint8)])
+
+
+def test_another_architecture_warns_once_and_builds_nothing(monkeypatch, tmp_path):
+    _fresh(monkeypatch, tmp_path)
+    monkeypatch.setattr(native.platform, "machine", lambda: "aarch64")
+    with pytest.warns(RuntimeWarning, match="x86-64 CPU with AVX2 .this is aarch64"):
+        assert native.kernels() is None
+    assert native.kernels() is None and not list(tmp_path.iterdir())
+
+
+def test_a_read_only_cache_warns_and_falls_back(monkeypatch, tmp_path):
+    if not native._x86_64():
+        pytest.skip("not x86-64: nothing is built")
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    _fresh(monkeypatch, tmp_path)
+    monkeypatch.setenv("PRUNEKIT_CACHE_DIR", str(blocked / "cache"))  # under a file: cannot be created
+    with pytest.warns(RuntimeWarning, match="native prune-event kernels unavailable"):
+        assert native.kernels() is None
 
 
 @needs_kernels

@@ -421,3 +421,18 @@ def test_parameters_on_two_devices_share_one_event():
     torch.nn.functional.mse_loss(model[2](model[1](model[0](x)).cuda()).cpu(), y).backward()
     opt.step()
     assert opt.sparsity()[1] == 0.5
+
+
+def test_a_copy_of_a_compile_step_optimizer_keeps_both_compiled_parts():
+    model = net()
+    opt = pruning.SGDSparse(model.named_parameters(), lr=0.1, target_sparsity=0.5, compile_step=True)
+    for twin in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert twin._prunekit_compiled is not None and type(twin._prunekit_compiled) is type(opt._prunekit_compiled)
+        assert twin.pruning.compiled_event is not None and twin.pruning.compiled_event.inductor
+
+
+def test_default_optimizers_take_native_events_without_compiling():
+    opt = pruning.AdamSparse(net().named_parameters(), lr=0.1, target_sparsity=0.5)
+    event = opt.pruning.compiled_event
+    assert event is not None and not event.inductor and getattr(opt, "_prunekit_compiled", None) is None
+    assert pruning.AdamSparse(net().named_parameters(), lr=0.1).pruning.compiled_event is None  # target 0: base

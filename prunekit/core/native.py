@@ -47,7 +47,7 @@ __all__ = ["kernels", "select_masks", "group_masks", "block_scores", "SAMPLE_STR
 
 SAMPLE_STRIDE = 17  # prime, so the sample does not line up with a kernel or channel period
 SIGMAS = 3.5
-_ABI = 5
+_ABI = 6
 _BINS = 1 << 16
 _CHUNK = 64  # CHUNK in select.c
 _SOURCE = Path(__file__).with_name("_native") / "select.c"
@@ -83,14 +83,8 @@ def _cache_dir():
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prunekit"
 
 
-def _has_avx2():
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " avx2" in line for line in f)
-    except OSError:  # not Linux: no cheap way to ask the CPU; the torch path is used
-        return False
+def _x86_64():
+    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 def _build(compiler):
@@ -122,7 +116,10 @@ def _build(compiler):
 def _load():
     if os.environ.get("PRUNEKIT_NATIVE", "1") == "0":
         return None
-    if not _has_avx2():
+    if not _x86_64():
+        warnings.warn(f"prunekit: the native prune-event kernels need an x86-64 CPU with AVX2 (this is "
+                      f"{platform.machine() or 'unknown'}); prune events use the torch path", RuntimeWarning,
+                      stacklevel=3)
         return None
     found = shutil.which("cc") or shutil.which("gcc")
     compiler = shlex.split(os.environ.get("CC", "")) or ([found] if found else [])
@@ -132,8 +129,12 @@ def _load():
         return None
     try:
         lib = ctypes.CDLL(str(_build(compiler)))
-        if lib.pk_abi() != _ABI or lib.pk_simd() != 1:
+        if lib.pk_abi() != _ABI:
             raise RuntimeError("the built library does not match this prunekit")
+        if lib.pk_simd() != 1:  # the CPU itself answers (cpuid), not a parse of /proc/cpuinfo
+            warnings.warn("prunekit: this CPU lacks AVX2, which the native prune-event kernels need; prune "
+                          "events use the torch path", RuntimeWarning, stacklevel=3)
+            return None
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         warnings.warn(f"prunekit: native prune-event kernels unavailable ({err}); prune events use the "
                       "slower torch path", RuntimeWarning, stacklevel=3)

@@ -159,8 +159,10 @@ def _candidates(module, kernels):
     device = module.weight.device
     for kernel in kernels:
         if kernel == "scipy-csr" and device.type != "cpu":
+            yield kernel, None, f"unavailable: scipy's CSR runs on the CPU (the weight is on {device.type})"
             continue
         if kernel == "semi-structured" and device.type != "cuda":
+            yield kernel, None, f"unavailable: 2:4 semi-structured kernels need CUDA (the weight is on {device.type})"
             continue
         try:
             yield kernel, wrap(module, kernel), None
