@@ -436,3 +436,22 @@ def test_default_optimizers_take_native_events_without_compiling():
     event = opt.pruning.compiled_event
     assert event is not None and not event.inductor and getattr(opt, "_prunekit_compiled", None) is None
     assert pruning.AdamSparse(net().named_parameters(), lr=0.1).pruning.compiled_event is None  # target 0: base
+
+
+@table(dtypes=[torch.float32, torch.bfloat16], groups=(1,))
+def test_the_default_step_needs_no_masking_pass(row, dtype, device, groups):
+    """SGDSparse/AdamSparse/AdamWSparse run the bare base step between events (pruned weights, gradients and
+    state are 0, and the updates are element-wise); the generic path (attach: masks after every update) must
+    give the same weights and state, bit for bit."""
+    if row.sparse is None:
+        pytest.skip("attach rows are the generic path")
+    supported(row, dtype, device)
+    fast, generic = net(dtype, device), net(dtype, device)
+    a = build(row, fast, groups, **PRUNE)
+    b = pruning.attach(row.base(param_groups(generic, groups), **kwargs_for(row, dtype)),
+                       list(generic.named_parameters()), **PRUNE)
+    assert a._prunekit_elementwise and not b._prunekit_elementwise
+    batches = data(8, dtype, device)
+    run(fast, a, batches)
+    run(generic, b, batches)
+    assert_same(fast, generic, a, b)
