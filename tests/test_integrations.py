@@ -69,18 +69,18 @@ def _sentences(n=48, length=8):
             for i, y in zip(ids, labels)]
 
 
-def _hf_args(out):
+def _hf_args(out, save=True):
     import transformers
     return transformers.TrainingArguments(
         output_dir=str(out), max_steps=14, per_device_train_batch_size=8, learning_rate=2e-3, weight_decay=0.01,
-        save_strategy="steps", save_steps=5, logging_strategy="no", report_to=[], disable_tqdm=True,
+        save_strategy="steps" if save else "no", save_steps=5, logging_strategy="no", report_to=[], disable_tqdm=True,
         use_cpu=True, dataloader_num_workers=0, seed=0)
 
 
-def _hf_trainer(out, how):
+def _hf_trainer(out, how, save=True):
     import transformers
     from prunekit.integrations.hf import PruningTrainer, sparse_optimizer
-    model, args = _bert(), _hf_args(out)
+    model, args = _bert(), _hf_args(out, save)
     if how == "optimizers":
         optimizer = sparse_optimizer(model, "adamw", args, **PRUNE)
         return transformers.Trainer(model=model, args=args, train_dataset=_sentences(), optimizers=(optimizer, None))
@@ -97,7 +97,7 @@ def test_hf_trainer_resume_equals_uninterrupted(tmp_path, how):
     _assert_at_target(full.optimizer)
     if how == "args.optim":  # the Trainer's own optimizer (args.optim), pruning attached to it
         assert "AdamW" in type(unwrap_optimizer(full.optimizer)).__name__
-    resumed = _hf_trainer(tmp_path / "resumed", how)
+    resumed = _hf_trainer(tmp_path / "resumed", how, save=False)
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))  # stopped mid-ramp
     _assert_same(_masks(full.optimizer), _masks(resumed.optimizer), "masks")
     _assert_same(_weights(full.model), _weights(resumed.model), "weights")
@@ -251,3 +251,31 @@ def test_accelerate_save_load_state_resume_equals_uninterrupted(tmp_path):
     _assert_at_target(resumed_opt)
     _assert_same(_masks(full_opt), _masks(resumed_opt), "masks")
     _assert_same(_weights(full_model), _weights(resumed_model), "weights")
+
+
+# -- the examples ----------------------------------------------------------------------------------
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "integrations")
+
+
+def _example(script):
+    spec = importlib.util.spec_from_file_location(f"_example_{script[:-3]}", os.path.join(EXAMPLES, script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize("script, package, first, second, final", [
+    ("hf_trainer.py", "transformers", ["--steps", "12", "--stop-at", "6"], ["--steps", "12", "--resume"],
+     "step 12: sparsity 0.5000"),
+    ("lightning_module.py", "lightning", ["--epochs", "2"], ["--epochs", "5", "--resume"], "step 80: sparsity 0.8"),
+    ("accelerate_loop.py", "accelerate", ["--steps", "16", "--stop-at", "8"], ["--steps", "16", "--resume"],
+     "step 16: sparsity 0.8997"),
+])
+def test_examples_stop_and_resume(tmp_path, capsys, script, package, first, second, final):
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed (pip install prunekit[integrations])")
+    main = _example(script)
+    main(["--out", str(tmp_path), *first])
+    main(["--out", str(tmp_path), *second])
+    assert final in capsys.readouterr().out
