@@ -279,3 +279,20 @@ def test_examples_stop_and_resume(tmp_path, capsys, script, package, first, seco
     main(["--out", str(tmp_path), *first])
     main(["--out", str(tmp_path), *second])
     assert final in capsys.readouterr().out
+
+
+def test_gpt_example_prunes_to_2_of_4_and_counts_macs(tmp_path, capsys):
+    """The transformer example in a tiny configuration, on a small fortune-style file made here."""
+    if importlib.util.find_spec("transformers") is None:
+        pytest.skip("transformers is not installed (pip install prunekit[integrations])")
+    corpus = tmp_path / "fortunes"
+    corpus.write_text("\n%\n".join(f"Fortune {i}: the quick brown fox jumps over {i % 7} lazy dogs."
+                                   for i in range(200)))
+    main = _example("gpt_prune.py")
+    main(["--corpus", str(corpus), "--out", str(tmp_path / "runs"), "--steps", "4", "--batch-size", "4",
+          "--context", "16", "--hidden", "16", "--layers", "1", "--heads", "2", "--eval-windows", "4",
+          "--patterns", "dense,2:4"])
+    table = capsys.readouterr().out.split("pattern")[-1].splitlines()
+    dense, nm = table[1].split(), table[2].split()
+    assert dense[0] == "dense" and nm[0] == "2:4" and nm[1] == "0.5000"
+    assert dense[4] == dense[5] == nm[4] and int(nm[5].replace(",", "")) * 2 == int(nm[4].replace(",", ""))
