@@ -53,6 +53,13 @@ if [ "$LEVEL" = all ] && { [ ! -x "$MXVENV/bin/python" ] || [ "$(cat "$MXVENV/.p
   echo "$want" > "$MXVENV/.prunekit-setup"
 fi
 
+# Fortune cookies from Debian: the text corpus of examples/integrations/gpt_prune.py (its test makes its own).
+if [ "$LEVEL" = all ] && [ ! -d /usr/share/games/fortunes ] && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+  { $SUDO apt-get install -y -qq fortunes || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq fortunes; }; } \
+    >/dev/null 2>&1 || echo "[setup] could not install fortunes with apt; examples/integrations/gpt_prune.py needs --corpus"
+fi
+
 # Fashion-MNIST from Debian (the demo falls back to scikit-learn's digits when it cannot be had).
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
