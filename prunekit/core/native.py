@@ -47,11 +47,11 @@ __all__ = ["kernels", "select_masks", "group_masks", "block_scores", "SAMPLE_STR
 
 SAMPLE_STRIDE = 17  # prime, so the sample does not line up with a kernel or channel period
 SIGMAS = 3.5
-_ABI = 6
+_ABI = 7
 _BINS = 1 << 16
 _CHUNK = 64  # CHUNK in select.c
 _SOURCE = Path(__file__).with_name("_native") / "select.c"
-_FLAGS = ["-O3", "-mavx2", "-shared", "-fPIC", "-std=c99"]
+_FLAGS = ["-O3", "-mavx2", "-fno-math-errno", "-shared", "-fPIC", "-std=c99"]
 
 _lock = threading.Lock()
 _loaded = {}  # "kernels": the loaded library or None (also when it failed: no retry, one warning)
@@ -150,6 +150,9 @@ def _load():
     lib.pk_groups.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr]
     lib.pk_banks.restype = i64
     lib.pk_banks.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr, ptr]
+    f32 = ctypes.c_float
+    lib.pk_adam.restype = None
+    lib.pk_adam.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, f32, f32, f32, f32, f32, f32, f32, f32, ctypes.c_int]
     lib.pk_block_scores.restype = i64
     lib.pk_block_scores.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr]
     return lib
@@ -318,3 +321,34 @@ def block_scores(weights, blocks, priors, threads=1):
                              "expected blocks dividing axes 0 and 1")
         jobs.append((w, int(r), int(c), prior))
     return _run(jobs, _block_one, threads)
+
+
+_CHUNK = 1 << 20  # entries per job of an update: big tensors split, so two threads share them evenly
+
+
+def adam_steps(tensors, hyper, threads=1):
+    """One Adam/AdamW step for each ``(w, g, m, v, mask or None)`` of C-contiguous float32 arrays (uint8 mask),
+    in place. ``hyper``: one dict per tensor with ``decay_mul, l2, beta1, beta2, neg_step, bc2_sqrt, eps,
+    maximize`` (see ``pk_adam`` in ``_native/select.c``)."""
+    jobs = []
+    for (w, g, m, v, mask), h in zip(tensors, hyper):
+        for start in range(0, w.size, _CHUNK):
+            jobs.append((w, start, min(w.size, start + _CHUNK), g, m, v, mask, h))
+    lib = kernels()
+    if lib is None:
+        raise RuntimeError("prunekit: the native kernels are not available here (see prunekit.core.native)")
+
+    def work(job):
+        w, a, b, g, m, v, mask, h = job
+        size = w.itemsize
+        lib.pk_adam(w.ctypes.data + a * size, g.ctypes.data + a * size, m.ctypes.data + a * size,
+                    v.ctypes.data + a * size, None if mask is None else mask.ctypes.data + a, b - a,
+                    h["decay_mul"], h["l2"], 1.0 - h["beta1"], h["beta2"], 1.0 - h["beta2"], h["neg_step"],
+                    h["bc2_sqrt"], h["eps"], int(h["maximize"]))
+
+    if threads <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            work(job)
+    else:
+        for future in [_pool(threads).submit(work, job) for job in jobs]:
+            future.result()

@@ -105,7 +105,7 @@ class _DictStore:
     def settle(self):
         pass
 
-    def loaded(self, engine):
+    def loaded(self, engine, held=None):
         """After ``load_state_dict``: ``(step, masks, restored)`` as loaded (checked by the engine)."""
         state = self._get()
         return int(state.get("step", 0)), dict(state.get("masks", {})), dict(state.get("restored", {}))
@@ -214,7 +214,24 @@ class _OptimizerStore:
                 packed[i] = {**(entry or {}), **(pending or {})}
         return state_dict
 
-    def loaded(self, engine):
+    def hold_own_only(self, state_dict):
+        """``(state_dict without them, {parameter: entry})`` for the per-parameter entries that hold nothing
+        but prunekit's keys (the base never made that state): torch's ``load_state_dict`` would hand them to
+        the base's ``__setstate__``, and Adam's reads ``state["step"]`` from every non-empty one."""
+        saved = state_dict.get("state", {})
+        ids = [i for g in state_dict.get("param_groups", []) for i in g.get("params", [])]
+        params = [p for g in self._opt.param_groups for p in g["params"]]
+        held, kept = {}, dict(saved)
+        for i, p in zip(ids, params):
+            entry = saved.get(i)
+            if isinstance(entry, dict) and entry and all(k in _OWN_KEYS for k in entry):
+                held[p] = entry
+                del kept[i]
+        if not held:
+            return state_dict, {}
+        return {**state_dict, "state": kept}, held
+
+    def loaded(self, engine, held=None):
         """After ``load_state_dict``: ``(step, masks, restored)`` as loaded (masks only if they exist).
 
         A per-parameter state that holds only prunekit's entries goes back to waiting (its base state was
@@ -225,25 +242,27 @@ class _OptimizerStore:
         legacy = self._opt.state.pop(STATE_KEY, None)
         own = {id(p) for p in self._params.values()}
         names = {id(p): n for n, p in engine._params.items()}
-        for p, state in list(self._opt.state.items()):
+        for p, state in [*self._opt.state.items(), *(held or {}).items()]:
             if torch.is_tensor(p) and id(p) not in own and isinstance(state, dict) and MASK_KEY in state:
                 name = names.get(id(p), f"a parameter of shape {tuple(p.shape)}")
                 raise PlanError(f"loaded pruning state has a mask for {name!r}, which this optimizer's plan does "
                                 f"not prune; plan: {engine.plan.names}")
         masked = self._masked()
         masks, restored = {}, {}
+        held = held or {}
         for name, p in self._params.items():
-            state = self._opt.state.get(p)
+            state = self._opt.state.get(p) or held.get(p)
             if not state:
                 continue
             if MASK_KEY in state and masked:
                 masks[name] = state[MASK_KEY]
             if RESTORED_KEY in state:
                 restored[name] = float(state[RESTORED_KEY])
-            for key in _OWN_KEYS:
-                state.pop(key, None)
-            if not state:
-                del self._opt.state[p]
+            if p in self._opt.state:
+                for key in _OWN_KEYS:
+                    self._opt.state[p].pop(key, None)
+                if not self._opt.state[p]:
+                    del self._opt.state[p]
         if isinstance(legacy, dict):
             masks = dict(legacy.get("masks", {}))
             restored = dict(legacy.get("restored", {}))
@@ -358,12 +377,18 @@ class PruningEngine:
         """An optimizer's ``state_dict()`` completed with masks still waiting in the engine."""
         return self._store.pack(state_dict) if isinstance(self._store, _OptimizerStore) else state_dict
 
-    def check_loaded_state(self):
+    def hold_own_only(self, state_dict):
+        """Before an optimizer's ``load_state_dict``: see :meth:`_OptimizerStore.hold_own_only`."""
+        if not self.active or not isinstance(self._store, _OptimizerStore):
+            return state_dict, {}
+        return self._store.hold_own_only(state_dict)
+
+    def check_loaded_state(self, held=None):
         """After a load: masks must match the plan; move them onto their parameters' devices; zero what
         they prune in the weights' optimizer state (checkpoints of older versions let it grow)."""
         if not self.active:
             return
-        step, masks, restored = self._store.loaded(self)
+        step, masks, restored = self._store.loaded(self, held)
         self._masks = None
         self._grad_ok, self._clean, self._deferred = {}, {}, set()
         fixed = {}

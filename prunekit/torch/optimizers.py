@@ -94,13 +94,18 @@ class SparseOptimizerMixin:
         state = super().__getstate__()
         state["_prunekit"] = self._prunekit
         state["_prunekit_compile"] = getattr(self, "_prunekit_compiled", None) is not None
+        state["_prunekit_native"] = getattr(self, "_prunekit_native", None) is not None
         return state
 
     def __setstate__(self, state):
         compile_step = state.pop("_prunekit_compile", False)
+        native_step = state.pop("_prunekit_native", False)
         super().__setstate__(state)
         if compile_step:
             _compile(self, True, _COMPILED_STEP[type(self).__name__], event=False)
+        if native_step:
+            from prunekit.torch._native_step import NativeAdamStep
+            self._prunekit_native = NativeAdamStep()
 
     def __reduce_ex__(self, protocol):
         cls = type(self)
@@ -112,8 +117,9 @@ class SparseOptimizerMixin:
         return self._prunekit.pack_state_dict(super().state_dict())
 
     def load_state_dict(self, state_dict):
+        state_dict, held = self._prunekit.hold_own_only(state_dict)
         super().load_state_dict(state_dict)
-        self._prunekit.check_loaded_state()
+        self._prunekit.check_loaded_state(held)
 
     @property
     def plan(self):
@@ -177,6 +183,11 @@ class SparseOptimizerMixin:
 
         if closure is None:
             prepare()
+            native_step = getattr(self, "_prunekit_native", None)
+            # before the first event (no masks) the step stays torch's own, bit for bit
+            if elementwise and native_step is not None and engine.masks and native_step(self, engine.masks_by_param()):
+                engine.after_update(masked=True)
+                return None
             loss = self._base_step()
         else:
             def processed_closure():
@@ -234,6 +245,9 @@ def _compile(optimizer, compile_step, step_class, event=True):
         optimizer._prunekit_compiled = getattr(compiled, step_class)()
     if event:
         optimizer._prunekit.compiled_event = compiled.CompiledPruneEvent(inductor=compile_step)
+    if step_class == "CompiledAdamStep" and not compile_step:
+        from prunekit.torch._native_step import NativeAdamStep
+        optimizer._prunekit_native = NativeAdamStep()
 
 
 class SGDSparse(SparseOptimizerMixin, torch.optim.SGD):
