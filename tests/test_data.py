@@ -85,3 +85,17 @@ def test_digits_and_synthetic():
     assert digits.x_train.shape == (1437, 1, 8, 8) and digits.x_test.shape == (360, 1, 8, 8)
     s = synthetic(n_train=30, n_test=10)
     assert s.x_train.shape == (30, 1, 28, 28) and set(np.unique(s.y_train)) <= set(range(10))
+
+
+def test_class_subsets_keep_those_classes_relabelled_in_order():
+    pytest.importorskip("sklearn")
+    full, part = load("digits"), load("digits:7,0,2")
+    assert part.classes == 3 and part.name == "digits:7,0,2"
+    keep = np.isin(full.y_train, [7, 0, 2])
+    np.testing.assert_array_equal(part.x_train, full.x_train[keep])
+    np.testing.assert_array_equal(part.y_train, [{7: 0, 0: 1, 2: 2}[int(v)] for v in full.y_train[keep]])
+    assert load("digits:3-5").classes == 3
+    with pytest.raises(ConfigError, match="classes after ':' must be a range or a list"):
+        load("digits:a-b")
+    with pytest.raises(ConfigError, match=r"classes \[3, 3\] of 'digits': need distinct values in 0..9"):
+        load("digits:3,3")

@@ -6,6 +6,7 @@
     prunekit report CHECKPOINT        per-layer sparsity, dense/effective MACs, sizes
     prunekit convert SRC DST          IR (.json) <-> ONNX (.onnx); torch (.pt + --arch) -> IR/ONNX; -> Keras (.keras)
     prunekit ir show FILE             nodes, ops, parameters and sparsity of an IR graph
+    prunekit zoo list|info|fetch|verify   the sparse model zoo (prunekit/cli/zoo.py)
 
 User errors print one line and exit with status 2; ``--debug`` shows the traceback.
 """
@@ -15,6 +16,7 @@ import json
 import os
 import sys
 
+from prunekit.cli import zoo as zoo_cli
 from prunekit.errors import PrunekitError
 
 __all__ = ["main", "build_parser"]
@@ -120,6 +122,7 @@ def build_parser():
     report = sub.add_parser("report", help="sparsity, MACs and sizes of a checkpoint")
     report.add_argument("checkpoint")
     report.add_argument("--json", action="store_true", help="print JSON")
+    zoo_cli.add_parser(sub)
     return parser
 
 
@@ -309,6 +312,8 @@ def main(argv=None):
             _convert(args)
         elif args.command == "ir":
             _ir_show(args)
+        elif args.command == "zoo":
+            return zoo_cli.run(args)
         return 0
     except (PrunekitError, ValueError, TypeError, OSError, KeyError) as e:
         if args.debug:

@@ -6,6 +6,7 @@ It reads the original tool's node lists (``../shared/ir-samples``: TVM-Relay-lik
 ``IRError`` naming the node id.
 """
 
+import gzip
 import json
 import os
 import warnings
@@ -225,17 +226,21 @@ def load(json_path, weights=None, trust_pickle=False, seed=0):
     """Read a graph (original node list or prunekit's versioned format) and its weights.
 
     Args:
-        json_path: the graph file.
-        weights: ``.npz`` or ``.safetensors``; ``None`` initialises every weight from the attrs'
-            shapes (with a warning) so that the graph can be inspected and run.
+        json_path: the graph file (``.json``, or ``.json.gz``), or its already parsed JSON document.
+        weights: ``.npz`` or ``.safetensors``, or a dict ``{name: array}``; ``None`` initialises every
+            weight from the attrs' shapes (with a warning) so that the graph can be inspected and run.
         trust_pickle: allow an ``.npz`` with pickled objects (the original tool's dict files).
         seed: for the initialised weights.
     """
-    try:
-        with open(json_path) as f:
-            doc = json.load(f)
-    except json.JSONDecodeError as e:
-        raise IRError(f"{os.fspath(json_path)!r} is not JSON: {e}") from None
+    if isinstance(json_path, (dict, list)):
+        doc, json_path = json_path, "<graph document>"
+    else:
+        try:
+            opener = gzip.open if os.fspath(json_path).endswith(".gz") else open
+            with opener(json_path, "rt") as f:
+                doc = json.load(f)
+        except json.JSONDecodeError as e:
+            raise IRError(f"{os.fspath(json_path)!r} is not JSON: {e}") from None
     if isinstance(doc, dict):
         if doc.get("format_version") != FORMAT_VERSION:
             raise IRError(f"{os.fspath(json_path)!r} has format_version {doc.get('format_version')!r}; "
@@ -255,11 +260,14 @@ def load(json_path, weights=None, trust_pickle=False, seed=0):
                       f"{len(set(graph.weight_names()))} weights from the shapes in the attrs", stacklevel=2)
         graph.weights = _initial_weights(graph, expected, seed)
     else:
-        graph.weights = _read_weights(weights, trust_pickle)
+        is_dict = isinstance(weights, dict)
+        graph.weights = {k: np.asarray(v) for k, v in weights.items()} if is_dict else \
+            _read_weights(weights, trust_pickle)
         missing = sorted(set(graph.weight_names()) - set(graph.weights))
         if missing:
             users = [n.id for n in graph.nodes.values() if missing[0] in n.inputs]
-            raise IRError(f"node {users[0]}: weight {missing[0]!r} is not in {os.fspath(weights)!r} "
+            where = "the weights given" if is_dict else repr(os.fspath(weights))
+            raise IRError(f"node {users[0]}: weight {missing[0]!r} is not in {where} "
                           f"({len(missing)} missing)")
     graph.validate()
     return graph
