@@ -336,3 +336,23 @@ def test_transfer_example_keeps_the_backbones_zeros(tmp_path, source):
     summary = json.loads(out.read_text())
     assert summary["steps"] == 4 and summary["classes"] == 10 and summary["input_size"] == 28
     assert summary["same_zeros"] and summary["backbone_zeros_after"] == summary["backbone_zeros_before"] > 0
+
+
+def test_readme_fine_tuning_keeps_every_zero():
+    torch = pytest.importorskip("torch")
+    import prunekit.torch as pruning
+    backbone = zoo.load(SMALL, features_only=True)
+    assert backbone.num_features == 1024
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.num_features, 5))
+    zeros = {n: p.detach() == 0 for n, p in model.named_parameters()}
+    optimizer = pruning.SGDSparse(model.named_parameters(), lr=0.05, momentum=0.9,
+                                  restore_sparsity=True, fix_sparsity=True)
+    images = np.random.default_rng(0).integers(0, 256, (16, 1, 28, 28)).astype(np.uint8)
+    x, y = zoo.info(SMALL).transforms()(torch.from_numpy(images)), torch.arange(16) % 5
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    assert all(torch.equal(p.detach() == 0, zeros[n]) for n, p in model.named_parameters())
+    with pytest.raises(zoo.ZooError, match="features_only=True builds a torch module"):
+        zoo.load(SMALL, framework="onnx", features_only=True)

@@ -24,7 +24,7 @@ from prunekit.zoo.registry import Entry, ZooError, entries, find
 from prunekit.zoo.store import DownloadError, IntegrityError, cache_dir, fetch_file
 from prunekit.zoo.transforms import Transform
 
-__all__ = ["list", "info", "fetch", "load", "load_graph", "sparsity", "evaluate", "Entry", "Transform", "ZooError",
+__all__ = ["list", "info", "fetch", "load", "load_graph", "feature_node", "sparsity", "evaluate", "Entry", "Transform", "ZooError",
            "IntegrityError", "DownloadError", "cache_dir", "pack", "unpack", "FRAMEWORKS"]
 
 FRAMEWORKS = ("torch", "ir", "onnx", "keras")
@@ -74,7 +74,18 @@ def load_graph(name, weights=None, url=None, trust_pickle=False):
     return ir.load(document, weights=arrays)
 
 
-def load(name, framework="torch", weights=None, url=None, trust_pickle=False):
+def feature_node(graph):
+    """``(node id, size)`` of the input of the graph's last dense layer: where a new head goes."""
+    dense = graph.find(op="nn.dense")
+    if not dense:
+        raise ZooError("the graph has no nn.dense layer to cut before; pick the outputs yourself "
+                       "(ir.to_torch(graph, outputs=NODE_ID))")
+    last = dense[-1]
+    node = next(ref for ref in last.inputs if isinstance(ref, int))
+    return node, int(graph.weights[last.inputs[1]].shape[1])
+
+
+def load(name, framework="torch", weights=None, url=None, trust_pickle=False, features_only=False):
     """The entry's model, built from its IR graph and weights.
 
     Args:
@@ -84,13 +95,22 @@ def load(name, framework="torch", weights=None, url=None, trust_pickle=False):
         weights: for entries whose weights the user supplies, their file.
         url: download the entry's file from here (see :func:`fetch`).
         trust_pickle: allow a pickled ``.npz`` (the original tool's weight files) for ``weights``.
+        features_only: (torch) the model cut before its last dense layer, returning the features a new
+            head takes; their size is the module's ``num_features``.
     """
     if framework not in FRAMEWORKS:
         raise ZooError(f"framework must be one of {', '.join(FRAMEWORKS)}; got {framework!r}")
+    if features_only and framework != "torch":
+        raise ZooError(f"features_only=True builds a torch module; got framework={framework!r}")
     graph = load_graph(name, weights, url, trust_pickle)
     from prunekit import ir
     if framework == "ir":
         return graph
+    if framework == "torch" and features_only:
+        node, size = feature_node(graph)
+        module = ir.to_torch(graph, outputs=node)
+        module.num_features = size
+        return module
     if framework == "torch":
         return ir.to_torch(graph)
     if framework == "keras":
