@@ -283,6 +283,8 @@ def test_cli_list_info_fetch(tmp_path):
     assert out.returncode == 0 and "sha256" in out.stdout and "Transform(size=(28, 28)" in out.stdout
     out = _cli("info", "seed-cnn-fashion-mnist-96")
     assert out.returncode == 2 and "did you mean" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = _cli("verify", "resnet50v1d-imagenet-95-original")
+    assert out.returncode == 2 and "published by the original tool" in out.stderr
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     shutil.copy(_bundled(SMALL), mirror)
@@ -319,9 +321,9 @@ def _classify():
     return module
 
 
-@pytest.mark.parametrize("source", ["zoo", "ir"])
+@pytest.mark.parametrize("source", ["zoo", "ir", "pt"])
 def test_transfer_example_keeps_the_backbones_zeros(tmp_path, source):
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     classify = _classify()
     backbone = "seed-cnn-fashion-mnist-0to4-95"
@@ -330,6 +332,13 @@ def test_transfer_example_keeps_the_backbones_zeros(tmp_path, source):
         import prunekit.ir as ir
         ir.save(zoo.load_graph(backbone), tmp_path / "b.json", tmp_path / "b.safetensors")
         args = ["--backbone", str(tmp_path / "b.json"), "--weights", str(tmp_path / "b.safetensors")]
+    if source == "pt":  # a `prunekit train` checkpoint, half of conv2 zeroed
+        from prunekit.torch.models import SeedCNN
+        model = SeedCNN(classes=5)
+        with torch.no_grad():
+            model.conv2.weight[::2] = 0
+        torch.save({"model": model.state_dict(), "recipe": {"model": "seed-cnn"}}, tmp_path / "b.pt")
+        args = ["--backbone", str(tmp_path / "b.pt")]
     out = tmp_path / "summary.json"
     assert classify.main(args + ["--dataset", "digits", "--epochs", "1", "--max-steps", "4", "--batch-size", "32",
                                  "--test-subset", "64", "--json", str(out), "--quiet"]) == 0

@@ -78,7 +78,11 @@ def _fetch(args):
 
 def _verify(args):
     from prunekit import zoo
+    from prunekit.zoo.registry import MEASURED
     entry = zoo.info(args.name)
+    if entry.metrics_origin != MEASURED:
+        raise zoo.ZooError(f"{entry.name}: its figures were {entry.metrics_origin} (on {entry.dataset}, which "
+                           "prunekit cannot load); there is nothing to re-measure here")
     graph = zoo.load_graph(entry.name, url=args.url)
     zeros, total = zoo.sparsity(graph, entry.pruned) if entry.pruned else (0, 0)
     sparsity = zeros / total if total else 0.0
