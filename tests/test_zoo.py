@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import threading
 import warnings
 
@@ -64,6 +65,25 @@ def test_index_is_valid_and_every_bundled_file_matches():
     assert {(e.sparsity, tuple(e.metrics.values())) for e in published} == {(0.95, (0.746,)), (0.8, (0.31,))}
     assert {e.metrics_origin for e in TRAINED} == {registry.MEASURED}
     assert sum(os.path.getsize(os.path.join(registry.FILES_DIR, f)) for f in os.listdir(registry.FILES_DIR)) < 5e6
+
+
+def test_zoo_needs_numpy_only():
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in {{'torch', 'tensorflow', 'keras', 'mxnet', 'jax', 'onnx'}}:
+                    raise ImportError('blocked ' + name)
+        sys.meta_path.insert(0, Block())
+        from prunekit import zoo
+        graph = zoo.load_graph({SMALL!r})
+        print(len(graph.nodes), zoo.info({SMALL!r}).transforms()(np.zeros((1, 1, 8, 8), np.uint8)).shape)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split(maxsplit=1)[1].strip() == "(1, 1, 28, 28)"
 
 
 def test_list_by_task_and_unknown_names():
