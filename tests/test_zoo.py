@@ -47,7 +47,7 @@ def _cache_files(cache):
 
 def test_index_is_valid_and_every_bundled_file_matches():
     names = [e.name for e in zoo.list()]
-    assert len(names) == len(set(names)) and len(TRAINED) >= 1
+    assert len(names) == len(set(names)) and len(TRAINED) >= 7
     for e in zoo.list():
         assert e.task in registry.TASKS and e.architecture and e.dataset and e.recipe and e.source and e.license
         parse_pattern(e.pattern)
@@ -385,3 +385,11 @@ def test_readme_fine_tuning_keeps_every_zero():
     assert all(torch.equal(p.detach() == 0, zeros[n]) for n, p in model.named_parameters())
     with pytest.raises(zoo.ZooError, match="features_only=True builds a torch module"):
         zoo.load(SMALL, framework="onnx", features_only=True)
+
+
+def test_transfer_example_names_an_input_size_the_backbone_cannot_take(capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    args = ["--backbone", "seed-cnn-fashion-mnist-0to4-95", "--dataset", "digits", "--input-size", "32", "--quiet"]
+    assert _classify().main(args) == 2
+    assert "does not run on 32x32 input (--input-size)" in capsys.readouterr().err

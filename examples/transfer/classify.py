@@ -139,6 +139,13 @@ def run(args):
         kind += ", re-initialised (from scratch)"
     size = args.input_size or spec["size"]
     transform = zoo.Transform((size, size), spec["channels"], spec.get("mean"), spec.get("std"))
+    with torch.no_grad():  # a size the network cannot take (the seed CNN's flatten wants 28 x 28): say so now
+        try:
+            model.eval()(transform(torch.zeros(2, x_train.shape[1], size, size)))
+        except RuntimeError as e:
+            raise ConfigError(f"the backbone does not run on {size}x{size} input (--input-size): "
+                              f"{str(e).splitlines()[0]}") from None
+    model.train()
     before = _backbone_zeros(model, head)
     optimizer = pruning.SGDSparse(model.named_parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay,
                                   restore_sparsity=True, fix_sparsity=True)
