@@ -115,3 +115,17 @@ def test_missing_root_is_an_error_not_a_fallback(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_DATA", str(tmp_path / "elsewhere"))  # data that a fallback would find
     with pytest.raises(DatasetNotFound, match="data root '.*typo' is not a directory"):
         load("mnist", root=str(tmp_path / "typo"))
+
+
+def test_class_subsets_keep_those_classes_relabelled_in_order():
+    pytest.importorskip("sklearn")
+    full, part = load("digits"), load("digits:7,0,2")
+    assert part.classes == 3 and part.name == "digits:7,0,2"
+    keep = np.isin(full.y_train, [7, 0, 2])
+    np.testing.assert_array_equal(part.x_train, full.x_train[keep])
+    np.testing.assert_array_equal(part.y_train, [{7: 0, 0: 1, 2: 2}[int(v)] for v in full.y_train[keep]])
+    assert load("digits:3-5").classes == 3
+    with pytest.raises(ConfigError, match="classes after ':' must be a range or a list"):
+        load("digits:a-b")
+    with pytest.raises(ConfigError, match=r"classes \[3, 3\] of 'digits': need distinct values in 0..9"):
+        load("digits:3,3")

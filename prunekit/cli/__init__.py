@@ -6,6 +6,7 @@
     prunekit report CHECKPOINT        per-layer sparsity, dense/effective MACs, sizes
     prunekit convert SRC DST          IR (.json) <-> ONNX (.onnx); torch checkpoint (.pt) -> IR/ONNX; -> Keras (.keras)
     prunekit ir show FILE             nodes, ops, parameters and sparsity of an IR graph or ONNX model
+    prunekit zoo list|info|fetch|verify   the sparse model zoo (prunekit/cli/zoo.py)
 
 User errors print one line and exit with status 2; ``--debug`` (anywhere on the line) shows the traceback.
 Warnings become one-line ``prunekit: note:`` messages on stderr (raw with ``--debug``).
@@ -20,6 +21,7 @@ import sys
 import warnings
 
 from prunekit.cli import convert as convert_cli
+from prunekit.cli import zoo as zoo_cli
 from prunekit.errors import ConfigError, PrunekitError
 
 __all__ = ["main", "build_parser"]
@@ -142,6 +144,7 @@ def build_parser():
     report = sub.add_parser("report", help="sparsity, MACs and sizes of a checkpoint")
     report.add_argument("checkpoint")
     report.add_argument("--json", action="store_true", help="print JSON")
+    zoo_cli.add_parser(sub)
     for command in (demo, train, plan, *converters, report):
         _add_debug(command)
     return parser
@@ -391,6 +394,8 @@ def main(argv=None):
                 convert_cli.convert(args)
             elif args.command == "ir":
                 convert_cli.ir_show(args)
+            elif args.command == "zoo":
+                return zoo_cli.run(args)
         return 0
     except (PrunekitError, ValueError, TypeError, OSError, KeyError) as e:
         if args.debug:

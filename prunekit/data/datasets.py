@@ -6,6 +6,9 @@ the Debian package directory (``apt-get install dataset-fashion-mnist`` puts the
 or the given root (``<root>/FashionMNIST/raw``). With ``download=True`` and no local copy,
 torchvision downloads it (needs a network). When nothing is found the error lists every place
 searched. scikit-learn's bundled 8x8 digits need no files at all.
+
+A name may pick classes: ``fashion-mnist:0-4`` (a range) or ``digits:0,2,7`` keeps only those
+classes and numbers them 0, 1, ... in the order given (for transfer learning between class sets).
 """
 
 import os
@@ -41,6 +44,23 @@ class Dataset:
     y_test: np.ndarray
     source: str
     classes: int = 10
+
+    def select_classes(self, keep):
+        """Only the examples of the classes in ``keep``, relabelled 0 .. len(keep) - 1 in that order."""
+        keep = [int(k) for k in keep]
+        bad = [k for k in keep if not 0 <= k < self.classes]
+        if bad or len(set(keep)) != len(keep) or not keep:
+            raise ConfigError(f"classes {keep} of {self.name!r}: need distinct values in 0..{self.classes - 1}")
+        relabel = np.full(self.classes, -1, np.int64)
+        relabel[keep] = np.arange(len(keep))
+
+        def pick(x, y):
+            chosen = relabel[y] >= 0
+            return x[chosen], relabel[y[chosen]]
+        x_train, y_train = pick(self.x_train, self.y_train)
+        x_test, y_test = pick(self.x_test, self.y_test)
+        name = f"{self.name}:{','.join(map(str, keep))}"
+        return Dataset(name, x_train, y_train, x_test, y_test, self.source, len(keep))
 
     def subset(self, train=None, test=None):
         """The first ``train`` / ``test`` examples (for quick runs)."""
@@ -131,17 +151,33 @@ def synthetic(n_train=512, n_test=128, size=28, classes=10, seed=0):
     return Dataset("synthetic", xtr, ytr, xte, yte, "generated", classes)
 
 
+def _parse_classes(name, spec):
+    keep = []
+    try:
+        for part in spec.split(","):
+            low, _, high = part.partition("-")
+            keep += list(range(int(low), int(high) + 1)) if high else [int(low)]
+    except ValueError:
+        raise ConfigError(f"dataset {name!r}: classes after ':' must be a range or a list, "
+                          f"e.g. 'fashion-mnist:0-4' or 'digits:0,2,7'; got {spec!r}") from None
+    return keep
+
+
 def load(name, root=None, download=False):
-    """Load ``mnist``, ``fashion-mnist``, ``digits`` or ``synthetic``.
+    """Load ``mnist``, ``fashion-mnist``, ``digits`` or ``synthetic``, optionally some classes only.
 
     Args:
-        name: one of :data:`DATASETS`.
+        name: one of :data:`DATASETS`, optionally followed by ``:CLASSES`` (``fashion-mnist:5-9``,
+            ``digits:0,1,2``): only those classes, relabelled 0, 1, ... in the order given.
         root: a directory to look in first (IDX files, possibly in torchvision's layout); it must exist.
         download: allow a torchvision download when no local copy exists.
 
     Raises:
         DatasetNotFound: with every place searched.
     """
+    if isinstance(name, str) and ":" in name:
+        base, spec = name.split(":", 1)
+        return load(base, root, download).select_classes(_parse_classes(name, spec))
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
     if name == "digits":

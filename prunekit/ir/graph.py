@@ -7,6 +7,7 @@ file is trusted: every node is checked (:mod:`prunekit.ir.checks`) and each prob
 naming the node id.
 """
 
+import gzip
 import json
 import math
 import os
@@ -229,6 +230,9 @@ def find_weights(json_path):
 def _read_doc(json_path):
     where = os.fspath(json_path)
     try:
+        if where.endswith(".gz"):
+            with gzip.open(json_path, "rt", encoding="utf-8") as f:
+                return json.load(f)
         with open(json_path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
@@ -267,21 +271,31 @@ def load(json_path, weights=None, trust_pickle=False, seed=0):
     """Read a graph (original node list or prunekit's versioned format) and its weights.
 
     Args:
-        json_path: the graph file.
-        weights: ``.npz`` or ``.safetensors``. ``None``: the file the graph records (``ir.save`` writes its
-            name), else ``<stem>.safetensors`` or ``<stem>.npz`` beside the graph; an ``IRError`` when
-            there is none. ``"random"``: every weight initialised from the shapes (He-normal kernels, BN
-            identity), for graphs that come without weights, such as the original tool's samples.
+        json_path: the graph file (``.json`` or ``.json.gz``), or its already parsed JSON document.
+        weights: ``.npz`` or ``.safetensors``, or a dict ``{name: array}``. ``None``: the file the graph
+            records (``ir.save`` writes its name), else ``<stem>.safetensors`` or ``<stem>.npz`` beside the
+            graph; an ``IRError`` when there is none. ``"random"``: every weight initialised from the shapes
+            (He-normal kernels, BN identity), for graphs that come without weights, such as the original
+            tool's samples.
         trust_pickle: allow an ``.npz`` with pickled objects (the original tool's dict files).
         seed: for ``weights="random"``.
     """
-    where = os.fspath(json_path)
-    graph, recorded = _parse(_read_doc(json_path), where)
+    if isinstance(json_path, (dict, list)):
+        where, doc = "<graph document>", json_path
+    else:
+        where, doc = os.fspath(json_path), _read_doc(json_path)
+    graph, recorded = _parse(doc, where)
     graph.validate(weights=False)
     if isinstance(weights, str) and weights == "random":
         graph.weights, graph.weights_file = _initial_weights(graph, seed), "random"
         return graph.validate()
-    if weights is None:
+    if weights is None and where == "<graph document>":
+        raise IRError("a graph given as a document has no file beside it: pass weights= (a path or a dict of "
+                      "arrays), or weights='random'")
+    given = None
+    if isinstance(weights, dict):
+        given, weights = {k: np.asarray(v) for k, v in weights.items()}, "the weights given"
+    elif weights is None:
         if recorded is not None:
             weights = os.path.join(os.path.dirname(where), recorded)
             if not os.path.isfile(weights):
@@ -294,7 +308,10 @@ def load(json_path, weights=None, trust_pickle=False, seed=0):
             stem = os.path.splitext(where)[0]
             raise IRError(f"no weights for {where!r}: found neither {stem}.safetensors nor {stem}.npz; pass "
                           "weights=PATH, or weights='random' to initialise them from the shapes (--random-weights)")
-    graph.weights, graph.weights_file = _read_weights(weights, trust_pickle), os.fspath(weights)
+    if given is not None:
+        graph.weights, graph.weights_file = given, None
+    else:
+        graph.weights, graph.weights_file = _read_weights(weights, trust_pickle), os.fspath(weights)
     missing = sorted(set(graph.weight_names()) - set(graph.weights))
     if missing:
         users = [n.id for n in graph.nodes.values() if missing[0] in n.inputs]

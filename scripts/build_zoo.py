@@ -1,0 +1,244 @@
+"""Rebuild prunekit's model zoo, entry by entry, and write its index (prunekit/zoo/index.json).
+
+    nice -n 10 python scripts/build_zoo.py                  # every trained entry (the dense one first)
+    nice -n 10 python scripts/build_zoo.py --only seed-cnn-fashion-mnist-95
+    python scripts/build_zoo.py --index-only               # rewrite the index from the files already built
+
+Each trained entry runs its recipe, the ``prunekit train`` command stored in the entry (this script adds
+only ``--out`` and ``--quiet``), converts the trained model to the IR (``prunekit.ir.from_torch``),
+writes it with its sparse weights (``prunekit.zoo.pack``) into prunekit/zoo/files/, and measures
+the entry's metric through the zoo itself: ``zoo.load`` + ``transforms()`` on the whole test split.
+The original tool's two published models are listed with their graphs (from ../shared/ir-samples,
+gzipped) and their published figures, which are not reproduced here.
+"""
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import shlex
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from prunekit.zoo import registry  # noqa: E402
+
+FILES = registry.FILES_DIR
+SAMPLES = os.path.join(ROOT, os.pardir, os.pardir, "shared", "ir-samples")
+if not os.path.isdir(SAMPLES):
+    SAMPLES = os.path.join(os.path.dirname(ROOT), "shared", "ir-samples")
+CHECK_SLICE = 1000  # the first test images: the slice the tests re-measure
+FMNIST_LICENSE = ("weights: Apache-2.0 (prunekit); trained on Fashion-MNIST (Zalando Research, MIT licence)")
+
+# Schedules chosen so that each entry trains in minutes on 2 busy shared cores (0.1-0.5 s a step there).
+# The dense entry trains 4 epochs; every other Fashion-MNIST entry prunes it (--init-from its checkpoint)
+# in two epochs of 468 steps: a cubic ramp over the first 600 steps (a prune event every 60), then 336
+# steps at the target. So the dense entry is built first. The class-0-4 backbone trains from scratch:
+# 1 dense + 3 ramp + 2 fine-tune epochs on its 30,000 images (the demo's schedule).
+DENSE = "seed-cnn-fashion-mnist-dense"
+RUNS = os.path.join("runs", "zoo")  # relative to the repository root, as the recipes say
+FROM_DENSE = ["--init-from", os.path.join(RUNS, DENSE, "checkpoint.pt"), "--dense-epochs", "0", "--ramp-epochs", "0",
+              "--finetune-epochs", "2", "--pretrain-step", "0", "--sparse-step", "600", "--frequency", "60"]
+# name -> (dataset, `prunekit train` flags besides --dataset, --seed and --threads, pattern)
+TRAINED = {
+    DENSE: ("fashion-mnist", ["--target-sparsity", "0", "--dense-epochs", "4", "--ramp-epochs", "0",
+                              "--finetune-epochs", "0"], "unstructured"),
+    "seed-cnn-fashion-mnist-90": ("fashion-mnist", ["--target-sparsity", "0.90", *FROM_DENSE], "unstructured"),
+    "seed-cnn-fashion-mnist-95": ("fashion-mnist", ["--target-sparsity", "0.95", *FROM_DENSE], "unstructured"),
+    "seed-cnn-fashion-mnist-98": ("fashion-mnist", ["--target-sparsity", "0.98", *FROM_DENSE], "unstructured"),
+    "seed-cnn-fashion-mnist-bank64-95": ("fashion-mnist", ["--target-sparsity", "0.95", "--pattern", "bank64",
+                                                           *FROM_DENSE], "bank64"),
+    "seed-cnn-fashion-mnist-2of4": ("fashion-mnist", ["--pattern", "2:4", *FROM_DENSE], "2:4"),
+    "seed-cnn-fashion-mnist-0to4-95": ("fashion-mnist:0-4", ["--target-sparsity", "0.95", "--dense-epochs", "1",
+                                                             "--ramp-epochs", "3", "--finetune-epochs", "2"],
+                                       "unstructured"),
+}
+
+_IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channels": 3}
+PUBLISHED = [
+    {"name": "resnet50v1d-imagenet-95-original", "task": "classification", "architecture": "resnet50-v1d",
+     "dataset": "imagenet", "pattern": "block1x4", "sparsity": 0.95, "metrics": {"top1": 0.746},
+     "recipe": "the original tool's (not published); not reproduced here",
+     "graph": "resnet50v1d.json",
+     "source": "graph: the original tool's IR (bundled, gzipped); weights: the original tool published them, "
+               "prunekit does not distribute them: pass zoo.load(name, weights=PATH)",
+     "license": "graph: as published by the original tool; weights: those of the file you supply",
+     "input": dict(_IMAGENET, size=[224, 224], classes=1000),
+     "notes": "Figures published by the original tool (ImageNet, 95% sparse, 74.6% top-1), not reproduced. "
+              "Pattern: the original's default sparse_block {'4d': [-1, 4, -1, 1]} read as Block(1, 4); the "
+              "seed does not say which layout this model used. Node 527 is the 2048-d feature output."},
+    {"name": "resnet50v1d-centernet-coco-80-original", "task": "detection", "architecture": "resnet50-v1d-centernet",
+     "dataset": "coco", "pattern": "block1x4", "sparsity": 0.80, "metrics": {"map": 0.310},
+     "recipe": "the original tool's (not published); not reproduced here",
+     "graph": "resnet50v1d_centernet.json",
+     "source": "graph: the original tool's IR (bundled, gzipped); weights: the original tool published them, "
+               "prunekit does not distribute them: pass zoo.load(name, weights=PATH)",
+     "license": "graph: as published by the original tool; weights: those of the file you supply",
+     "input": dict(_IMAGENET, size=[512, 512]),
+     "notes": "Figures published by the original tool (COCO, 80% sparse, 31.0% mAP), not reproduced. Outputs: "
+              "nodes 576 (heat map, after sigmoid), 581 and 586 (size and offset heads), each at 1/4 of the input."},
+]
+
+
+def _file_record(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    return {"name": os.path.basename(path), "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "bundled": True}
+
+
+def _recipe(name):
+    dataset, flags, _ = TRAINED[name]
+    return ["prunekit", "train", "--dataset", dataset, *flags, "--seed", "0", "--threads", "1"]
+
+
+def _seed_cnn_graph(model):
+    """The seed CNN as an IR graph at 28 x 28 (its resize for other sizes lives in transforms())."""
+    import torch
+
+    import prunekit.ir as ir
+
+    class Core(torch.nn.Module):  # the same modules, without the input resize fx cannot trace
+        def __init__(self, m):
+            super().__init__()
+            for key in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "linear1"):
+                setattr(self, key, getattr(m, key))
+
+        def forward(self, x):
+            x = torch.relu(self.bn1(self.conv1(x)))
+            x = torch.relu(self.bn2(self.conv2(x)))
+            x = torch.relu(self.bn3(self.conv3(x)))
+            return self.linear1(torch.flatten(x, 1))
+    graph = ir.from_torch(Core(model).eval(), torch.zeros(1, 1, 28, 28))
+    return _mxnet_names(graph)
+
+
+def _mxnet_names(graph):
+    """``conv1.weight`` -> ``conv1_weight``, ``bn1.weight`` -> ``bn1_gamma`` ...: the original IR's naming, so
+    that ``to_torch`` names the modules ``conv1``, ``bn1``."""
+    rename = {}
+    for node in graph.nodes.values():
+        for position, ref in enumerate(node.inputs):
+            if not isinstance(ref, str):
+                continue
+            module, _, kind = ref.rpartition(".")
+            if node.op == "nn.batch_norm":
+                kind = {"weight": "gamma", "bias": "beta"}.get(kind, kind)
+            rename[ref] = f"{module.replace('.', '_')}_{kind}"
+            node.inputs[position] = rename[ref]
+    graph.weights = {rename[k]: v for k, v in graph.weights.items()}
+    return graph.validate()
+
+
+def build(name, runs_dir, extra=()):
+    import numpy as np
+    import torch
+
+    from prunekit import ir, zoo
+    from prunekit.cli import main as cli
+    from prunekit.torch.models import SeedCNN
+    from prunekit.torch.recipe import load_checkpoint
+    from prunekit.zoo.measure import evaluate
+    dataset, _, pattern = TRAINED[name]
+    out = os.path.join(runs_dir, name)
+    command = _recipe(name)
+    print(f"[zoo] {name}: {shlex.join(command)}", flush=True)
+    status = cli(command[1:] + list(extra) + ["--out", out, "--quiet"])
+    if status:
+        raise SystemExit(f"[zoo] {name}: training failed with status {status}")
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    state = load_checkpoint(os.path.join(out, "checkpoint.pt"))["model"]
+    model = SeedCNN(classes=state["linear1.weight"].shape[0])
+    model.load_state_dict(state)
+    graph = _seed_cnn_graph(model)
+    pruned_torch = [k for k, v in summary["per_tensor_sparsity"].items() if v > 0]
+    pruned = sorted(k.rsplit(".", 1)[0].replace(".", "_") + "_weight" for k in pruned_torch)
+    zeros, total = zoo.sparsity(graph, pruned) if pruned else (0, 0)
+    entry = {"name": name, "task": "classification", "architecture": "seed-cnn", "dataset": dataset,
+             "pattern": pattern, "sparsity": zeros / total if total else 0.0, "metrics": {},
+             "recipe": shlex.join(command), "files": [],
+             "source": "bundled with prunekit (prunekit/zoo/files), trained here by its recipe",
+             "license": FMNIST_LICENSE, "pruned": pruned,
+             "input": {"size": [28, 28], "channels": 1, "mean": [0.0], "std": [1.0],
+                       "classes": int(model.linear1.out_features)},
+             "notes": f"Rebuilt by `nice -n 10 python scripts/build_zoo.py --only {name}`. The seed CNN (3 stride-2 "
+                      "convs, BN, ReLU, linear); conv1, biases and BN dense. Training log: final test accuracy "
+                      f"{summary['final_test_acc']:.4f} as trained."}
+    path = os.path.join(FILES, f"{name}.safetensors")
+    zoo.pack(graph, path, {k: entry[k] for k in ("name", "architecture", "dataset", "pattern", "recipe")})
+    entry["files"] = [_file_record(path)]
+    record = registry.Entry.from_json(entry)
+    built = ir.to_torch(ir.load(*zoo.unpack(path)[:2])).eval()
+    full = evaluate(record, model=built)
+    part = evaluate(record, limit=CHECK_SLICE, model=built)
+    entry["metrics"] = {"top1": full["top1"]}
+    entry["check"] = {"split": "test", "first": CHECK_SLICE, "top1": part["top1"]}
+    with torch.no_grad():
+        x = torch.rand(4, 1, 28, 28)
+        drift = float((built(x) - model.eval()(x)).abs().max())
+    print(f"[zoo] {name}: top1 {full['top1']:.4f} on {full['examples']} test images (trained model said "
+          f"{summary['final_test_acc']:.4f}; IR vs torch max |diff| {drift:.2e}), sparsity {entry['sparsity']:.6f}, "
+          f"{entry['files'][0]['size']} bytes", flush=True)
+    np.testing.assert_allclose(full["top1"], summary["final_test_acc"], atol=2e-4)
+    return entry
+
+
+def _published():
+    out = []
+    for spec in PUBLISHED:
+        spec = dict(spec)
+        gz = os.path.join(FILES, spec.pop("graph") + ".gz")
+        if not os.path.exists(gz):
+            source = os.path.join(SAMPLES, os.path.basename(gz)[:-3])
+            with open(source, "rb") as f, gzip.GzipFile(gz, "wb", mtime=0) as g:
+                g.write(f.read())
+        spec.update(files=[_file_record(gz)], user_weights=True, metrics_origin=registry.PUBLISHED)
+        out.append(spec)
+    return out
+
+
+def write_index(built):
+    """The index: entries just ``built``, the others kept from the current index, then the published ones."""
+    old = {}
+    if os.path.exists(registry.INDEX_PATH):
+        with open(registry.INDEX_PATH) as f:
+            old = {e["name"]: e for e in json.load(f)["entries"]}
+    entries = []
+    for name in TRAINED:
+        if name in built or name in old:
+            entries.append(built.get(name) or old[name])
+        else:
+            print(f"[zoo] {name} is not built (run --only {name}); left out of the index")
+    entries += _published()
+    for e in entries:
+        registry.Entry.from_json(e)
+    with open(registry.INDEX_PATH, "w") as f:
+        json.dump({"format_version": registry.INDEX_VERSION, "entries": entries}, f, indent=1)
+        f.write("\n")
+    print(f"[zoo] wrote {registry.INDEX_PATH}: {len(entries)} entries")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", choices=list(TRAINED), help="build these entries (repeatable)")
+    parser.add_argument("--index-only", action="store_true", help="only rewrite the index")
+    parser.add_argument("--smoke", action="store_true", help="30 steps per entry, to check this script (the "
+                        "index then holds smoke entries: do not commit it)")
+    args = parser.parse_args()
+    os.chdir(ROOT)  # the recipes name paths relative to the repository root
+    built, names = {}, [] if args.index_only else list(args.only or TRAINED)
+    needs_dense = any("--init-from" in TRAINED[n][1] for n in names)
+    if needs_dense and DENSE not in names and not os.path.exists(FROM_DENSE[1]):
+        print(f"[zoo] {FROM_DENSE[1]} is missing: building {DENSE} first (the others start from it)")
+        names.insert(0, DENSE)
+    for name in names:
+        built[name] = build(name, RUNS, ["--max-steps", "30"] if args.smoke else [])
+        write_index(built)  # after every entry, so an interrupted rebuild keeps what it built
+    write_index(built)
+
+
+if __name__ == "__main__":
+    main()
