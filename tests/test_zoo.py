@@ -278,7 +278,7 @@ def test_published_entries_need_the_users_weights(tmp_path):
     import prunekit.ir as ir
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        graph = ir.load(zoo.fetch(name))
+        graph = ir.load(zoo.fetch(name), weights="random")
     np.savez(tmp_path / "w.npz", **graph.weights)
     loaded = zoo.load(name, framework="ir", weights=str(tmp_path / "w.npz"))
     assert len(loaded.nodes) == 187 and loaded.weights.keys() == graph.weights.keys()

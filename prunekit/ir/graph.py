@@ -216,11 +216,16 @@ def _read_weights(path, trust_pickle):
     raise IRError(f"{path!r} is {kind}; weights files are .safetensors or .npz (np.savez(path, name=array))")
 
 
+def _stem(path):
+    """``model`` of ``model.json`` and of ``model.json.gz``."""
+    return os.path.splitext(path[:-3] if path.endswith(".gz") else path)[0]
+
+
 def find_weights(json_path):
     """The weights file of a graph file as prunekit writes the pair: the name its JSON records, else
     ``<stem>.safetensors`` or ``<stem>.npz`` beside it. ``None`` when there is none."""
     json_path = os.fspath(json_path)
-    stem = os.path.splitext(json_path)[0]
+    stem = _stem(json_path)
     found = [stem + s for s in _WEIGHT_SUFFIXES if os.path.isfile(stem + s)]
     if len(found) > 1:
         raise IRError(f"{json_path!r} has two weights files beside it ({', '.join(found)}); pass the one to use")
@@ -305,7 +310,7 @@ def load(json_path, weights=None, trust_pickle=False, seed=0):
         else:
             weights = find_weights(where)
         if weights is None:
-            stem = os.path.splitext(where)[0]
+            stem = _stem(where)
             raise IRError(f"no weights for {where!r}: found neither {stem}.safetensors nor {stem}.npz; pass "
                           "weights=PATH, or weights='random' to initialise them from the shapes (--random-weights)")
     if given is not None:
