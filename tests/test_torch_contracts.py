@@ -192,17 +192,20 @@ def test_pruned_entries_gradients_and_state_are_exactly_zero(row, dtype, device,
     assert per == {"0.weight": 0.75, "2.weight": 0.75}
 
 
-@table(dtypes=[torch.float32, torch.bfloat16])
-def test_resume_through_weights_only_load_is_bit_identical(row, dtype, device, groups):
+def _straight_and_stopped(row, dtype, device, groups):
+    """9 batches; a run through all of them; a run stopped after 4 (to be checkpointed and resumed)."""
     supported(row, dtype, device)
     batches = data(9, dtype, device)
-    straight = net(dtype, device)
-    opt = build(row, straight, groups, **PRUNE)
+    straight, first = net(dtype, device), net(dtype, device)
+    opt, opt1 = build(row, straight, groups, **PRUNE), build(row, first, groups, **PRUNE)
     run(straight, opt, batches)
-
-    first = net(dtype, device)
-    opt1 = build(row, first, groups, **PRUNE)
     run(first, opt1, batches[:4])
+    return batches, (straight, opt), (first, opt1)
+
+
+@table(dtypes=[torch.float32, torch.bfloat16])
+def test_resume_through_weights_only_load_is_bit_identical(row, dtype, device, groups):
+    batches, (straight, opt), (first, opt1) = _straight_and_stopped(row, dtype, device, groups)
     buffer = io.BytesIO()
     torch.save({"model": first.state_dict(), "opt": opt1.state_dict()}, buffer)
     buffer.seek(0)
@@ -222,15 +225,7 @@ def test_distributed_checkpoint_round_trip_resumes_bit_identically(row, dtype, d
     dcp = pytest.importorskip("torch.distributed.checkpoint")
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                          set_model_state_dict, set_optimizer_state_dict)
-    supported(row, dtype, device)
-    batches = data(9, dtype, device)
-    straight = net(dtype, device)
-    opt = build(row, straight, groups, **PRUNE)
-    run(straight, opt, batches)
-
-    first = net(dtype, device)
-    opt1 = build(row, first, groups, **PRUNE)
-    run(first, opt1, batches[:4])
+    batches, (straight, opt), (first, opt1) = _straight_and_stopped(row, dtype, device, groups)
     osd = get_optimizer_state_dict(first, opt1)
     assert any("prunekit_mask" in v for v in osd["state"].values())
     dcp.save({"model": get_model_state_dict(first), "optim": osd}, checkpoint_id=str(tmp_path / "ckpt"))

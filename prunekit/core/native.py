@@ -47,7 +47,7 @@ __all__ = ["kernels", "select_masks", "group_masks", "block_scores", "SAMPLE_STR
 
 SAMPLE_STRIDE = 17  # prime, so the sample does not line up with a kernel or channel period
 SIGMAS = 3.5
-_ABI = 7
+_ABI = 8
 _BINS = 1 << 16
 _CHUNK = 64  # CHUNK in select.c
 _SOURCE = Path(__file__).with_name("_native") / "select.c"

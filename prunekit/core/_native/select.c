@@ -21,7 +21,7 @@
 #define BINS (1u << (31 - SHIFT))
 
 /* Bumped whenever a signature or a meaning changes (the loader checks it). */
-int pk_abi(void) { return 7; }
+int pk_abi(void) { return 8; }
 
 /* 1 when built with AVX2 and the CPU running it has AVX2 (asked with cpuid; nothing here executes AVX2
  * before this answers, so the library loads on any x86-64 CPU). */
@@ -570,23 +570,36 @@ int64_t pk_block_scores(const float *w, int64_t O, int64_t I, int64_t S, int64_t
  * the first moment by lerp, the second by mul and addcmul, then addcdiv with sqrt(v) / bc2_sqrt + eps), one
  * pass instead of five. Entries whose mask byte is 0 are pruned: weight, moments stay exactly 0 (their
  * gradient and moments are 0 already; the mask keeps that true whatever comes in). mask may be NULL.
+ * The mask multiplies (bytes 0 or 1, as bool tensors hold them): a select would not vectorise.
  * decay_mul: 1 - lr * weight_decay (AdamW), applied first; l2: weight_decay for Adam's L2 (grad += l2 * w);
  * neg_step: -lr / (1 - beta1^t); bc2_sqrt: sqrt(1 - beta2^t). Written so the compiler vectorises it
  * (branch-free blends); no FMA contraction (-std=c99), so each product rounds as torch's separate ops do
  * where torch does not fuse. */
-void pk_adam(float *w, const float *g, float *m, float *v, const uint8_t *mask, int64_t n, float decay_mul,
+void pk_adam(float *restrict w, const float *restrict g, float *restrict m, float *restrict v,
+             const uint8_t *restrict mask, int64_t n, float decay_mul,
              float l2, float one_minus_beta1, float beta2, float one_minus_beta2, float neg_step, float bc2_sqrt,
              float eps, int maximize)
 {
+    const float sign = maximize ? -1.0f : 1.0f;  /* -g exactly, without a branch in the loop */
+    if (!mask) {
+        for (int64_t i = 0; i < n; i++) {
+            float wi = w[i] * decay_mul;
+            float grad = sign * g[i] + l2 * wi;
+            float mi = m[i] + one_minus_beta1 * (grad - m[i]);
+            float vi = v[i] * beta2 + one_minus_beta2 * (grad * grad);
+            w[i] = wi + neg_step * (mi / (sqrtf(vi) / bc2_sqrt + eps));
+            m[i] = mi;
+            v[i] = vi;
+        }
+        return;
+    }
     for (int64_t i = 0; i < n; i++) {
-        float grad = maximize ? -g[i] : g[i];
         float wi = w[i] * decay_mul;
-        grad = grad + l2 * wi;
+        float grad = sign * g[i] + l2 * wi;
         float mi = m[i] + one_minus_beta1 * (grad - m[i]);
         float vi = v[i] * beta2 + one_minus_beta2 * (grad * grad);
-        float denom = sqrtf(vi) / bc2_sqrt + eps;
-        float out = wi + neg_step * (mi / denom);
-        float keep = mask ? (float)(mask[i] != 0) : 1.0f;
+        float out = wi + neg_step * (mi / (sqrtf(vi) / bc2_sqrt + eps));
+        float keep = (float)mask[i];  /* masks are bool bytes: 0 or 1 */
         w[i] = out * keep;
         m[i] = mi * keep;
         v[i] = vi * keep;
