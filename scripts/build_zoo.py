@@ -8,8 +8,8 @@ Each trained entry runs its recipe, the ``prunekit train`` command stored in the
 only ``--out`` and ``--quiet``), converts the trained model to the IR (``prunekit.ir.from_torch``),
 writes it with its sparse weights (``prunekit.zoo.pack``) into prunekit/zoo/files/, and measures
 the entry's metric through the zoo itself: ``zoo.load`` + ``transforms()`` on the whole test split.
-The original tool's two published models are listed with their graphs (from ../shared/ir-samples,
-gzipped) and their published figures, which are not reproduced here.
+The original tool's two published models are listed with their graphs (the original tool's samples,
+kept in tests/data/, gzipped) and their published figures, which are not reproduced here.
 """
 
 import argparse
@@ -26,9 +26,7 @@ sys.path.insert(0, ROOT)
 from prunekit.zoo import registry  # noqa: E402
 
 FILES = registry.FILES_DIR
-SAMPLES = os.path.join(ROOT, os.pardir, os.pardir, "shared", "ir-samples")
-if not os.path.isdir(SAMPLES):
-    SAMPLES = os.path.join(os.path.dirname(ROOT), "shared", "ir-samples")
+SAMPLES = os.path.join(ROOT, "tests", "data")  # the original tool's two IR graphs
 CHECK_SLICE = 1000  # the first test images: the slice the tests re-measure
 FMNIST_LICENSE = ("weights: Apache-2.0 (prunekit); trained on Fashion-MNIST (Zalando Research, MIT licence)")
 
