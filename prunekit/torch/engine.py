@@ -482,7 +482,8 @@ class PruningEngine:
                 pull = torch.sign(p.detach()[index]) * strength
                 if grad_scale is not None:
                     pull = pull * grad_scale
-                p.grad = torch.sparse_coo_tensor(grad.indices(), grad.values() + pull, grad.shape).coalesce()
+                p.grad = torch.sparse_coo_tensor(grad.indices(), grad.values() + pull, grad.shape,
+                                                 is_coalesced=True, check_invariants=False)
             elif grad_scale is not None:
                 grad.add_(torch.sign(p.detach()) * (grad_scale * strength))
             else:
@@ -715,7 +716,9 @@ def _masked_sparse(grad, mask):
     kept = mask[index]
     if kept.dim() < grad.values().dim():
         kept = kept.reshape(kept.shape + (1,) * (grad.values().dim() - kept.dim()))
-    return torch.sparse_coo_tensor(grad.indices(), grad.values() * kept, grad.shape).coalesce()
+    # the indices are those of a coalesced tensor: nothing to check, and already coalesced
+    return torch.sparse_coo_tensor(grad.indices(), grad.values() * kept, grad.shape, is_coalesced=True,
+                                   check_invariants=False)
 
 
 def mask_nbytes(engine):
