@@ -133,9 +133,10 @@ def _accuracy(model, x, y, batch=1000):
 
 
 def _save_atomic(obj, path):
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """A checkpoint is the old file or the whole new one (a unique fsynced temporary name, renamed)."""
+    from prunekit.io.atomic import atomic_path
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path):
