@@ -409,15 +409,9 @@ class PruningEngine:
         self.sync_hooks()
 
     # -- gradients ---------------------------------------------------------------------------------
-    @property
-    def masks_grads(self):
-        """Whether gradients of pruned entries are zeroed (magnitude pruning: a pruned entry never returns)."""
-        return True
-
     def sync_hooks(self):
-        """A gradient-masking hook on every parameter that has a mask (once each)."""
-        if not self.masks_grads:
-            return
+        """A gradient-masking hook on every parameter that has a mask (once each). Magnitude pruning never
+        lets a pruned entry back, so its gradient is of no use to anyone."""
         masks = self.masks
         for spec, p in self._specs:
             if spec.name in masks and spec.name not in self._hooks and p.requires_grad:
