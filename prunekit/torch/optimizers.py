@@ -4,12 +4,12 @@
 SGD argument keeps its name, default and meaning. With nothing to prune (``target_sparsity=0``) the
 step *is* the base step, so results are bit-identical.
 
-How a step keeps pruned entries at exactly 0.0: the base optimizer updates every entry as usual, then
-the parameters are multiplied by their masks (one ``_foreach_mul_`` per device). For SGD, Adam and
-AdamW that is enough, because their updates are element-wise: a pruned entry cannot reach a kept one.
-An optimizer attached with :func:`attach` may mix entries (LAMB, LARS, Shampoo), so its gradients of
-pruned entries are also zeroed before its update, and so are the weights a prune event pruned (an
-element-wise update gets them zeroed by the masking after it, saving a pass).
+How a step keeps pruned entries at exactly 0.0: their gradients are zeroed as ``backward()`` accumulates
+them (a hook per pruned tensor, see :mod:`prunekit.torch.engine`) and their optimizer state is zeroed at
+the event that prunes them. For SGD, Adam and AdamW, whose updates are element-wise, a weight, gradient
+and state that are all 0 stay 0, so between events the step is the base step alone (for Adam and AdamW
+on CPU, one native pass: :mod:`prunekit.torch._native_step`). An optimizer attached with :func:`attach`
+may mix entries (LAMB, LARS, Shampoo), so its weights are also masked after every update.
 """
 
 import difflib
