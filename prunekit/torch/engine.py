@@ -123,10 +123,9 @@ class _OptimizerStore:
     ``prunekit_masked`` says whether the masks exist yet (the first prune event or restore sets it).
     """
 
-    def __init__(self, optimizer, params, lazy_init):
+    def __init__(self, optimizer, params):
         self._opt = optimizer
         self._params = params          # {name: parameter} of the planned tensors
-        self._lazy = lazy_init         # the base creates a parameter's state only when it is empty
         self._pending = {}             # name -> {key: value}, until the base has made that state
 
     def start(self):
@@ -177,8 +176,7 @@ class _OptimizerStore:
     def _put(self, name, key, value):
         p = self._params[name]
         state = self._opt.state.get(p)
-        if state or not self._lazy:
-            state = self._opt.state[p]
+        if state:  # the base optimizer has made this parameter's state (never before its first update)
             if name in self._pending:  # the base made this state since: what waited moves in first
                 state.update(self._pending.pop(name))
             state[key] = value
@@ -308,11 +306,9 @@ class PruningEngine:
         optimizer: the optimizer whose per-parameter state (``optimizer.state[p]``) is zeroed with the
             masks at prune events, or None.
         named: False when the names are placeholders (then name-based options are errors).
-        lazy_state: the optimizer makes a parameter's state on its first update only when it is empty
-            (Adam, RMSprop and most others; not SGD).
     """
 
-    def __init__(self, named_params, config, owner, optimizer=None, named=True, lazy_state=True):
+    def __init__(self, named_params, config, owner, optimizer=None, named=True):
         self.config = config
         self.schedule = config.schedule
         self._params = dict(named_params)
@@ -320,7 +316,7 @@ class PruningEngine:
         self.plan = resolve_plan([(n, tuple(p.shape)) for n, p in named_params], config, named=named)
         self._specs = [(spec, self._params[spec.name]) for spec in self.plan]
         if optimizer is not None and owner is optimizer:
-            self._store = _OptimizerStore(optimizer, {s.name: p for s, p in self._specs}, lazy_state)
+            self._store = _OptimizerStore(optimizer, {s.name: p for s, p in self._specs})
         else:
             self._store = _DictStore(owner)
         # the core's decisions (which steps are events, which sparsity each aims at); the masks

@@ -72,16 +72,11 @@ class SparseOptimizerMixin:
     #: it leaves pruned entries at exactly 0 by itself, so no pass over the weights follows it. An
     #: optimizer attached with :func:`attach` may mix entries (LAMB, LARS): its weights are masked after.
     _prunekit_elementwise = False
-    #: The base creates a parameter's state only when it is empty (``len(state) == 0``, Adam and most
-    #: others): masks wait in the engine until it has (see ``prunekit.torch.engine``). True for SGD too,
-    #: whose state ``torch.distributed.checkpoint`` creates with a step of its own only while it is empty.
-    _prunekit_lazy_state = True
 
     def _prunekit_setup(self, param_name, prune_kwargs):
         config = PruneConfig.from_kwargs(**prune_kwargs)
         named, has_names = _names_from(param_name, self.param_groups)
-        self._prunekit = PruningEngine(named, config, owner=self, optimizer=self, named=has_names,
-                                       lazy_state=self._prunekit_lazy_state)
+        self._prunekit = PruningEngine(named, config, owner=self, optimizer=self, named=has_names)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
