@@ -30,11 +30,18 @@ def _weights(kind, n, rng):
     return rng.standard_normal(n).astype(np.float32)
 
 
-def _select(weights, sparsities, priors=None, threads=2):
+def _select(weights, sparsities, priors=None, threads=2, zero=None):
     outs = [np.full(w.size, 7, np.uint8) for w in weights]
     counts = [prune_count(s, w.size) for w, s in zip(weights, sparsities)]
-    decided = native.select_masks(weights, counts, priors, outs, threads=threads)
+    decided = native.select_masks(weights, counts, priors, outs, threads=threads, zero=zero)
     return decided, [o.astype(bool) for o in outs], outs
+
+
+def _zeroed(a, mask):
+    """``a`` with +0.0 where ``mask`` is False, bits of the rest unchanged (as the kernels must zero)."""
+    out = a.copy()
+    out.view(np.uint32)[~mask] = 0
+    return out
 
 
 @needs_kernels
@@ -51,14 +58,20 @@ def test_masks_equal_the_reference(sizes, s, seed, kind, with_prior):
         priors = [(rng.random(w.size) > s / 2).astype(np.uint8) for w in weights]
         for w, p in zip(weights, priors):
             w[p == 0] = 0.0
-    decided, masks, raw = _select(weights, [s] * len(weights), priors)
+    # arrays zeroed in the mask pass: a copy of the weights, something else (e.g. momentum)
+    others = [[w.copy(), rng.standard_normal(w.size).astype(np.float32)] for w in weights]
+    before = [[a.copy() for a in group] for group in others]
+    decided, masks, raw = _select(weights, [s] * len(weights), priors, zero=others)
     for i, (w, ok, mask) in enumerate(zip(weights, decided, masks)):
         prior = None if priors is None else priors[i].astype(bool)
         if ok:
             assert set(np.unique(raw[i])) <= {0, 1}
             assert np.array_equal(mask, reference_mask(w, s, Unstructured(), prior))
+            for a, b in zip(others[i], before[i]):
+                assert np.array_equal(a.view(np.uint32), _zeroed(b, mask).view(np.uint32))
         else:
             assert np.all(raw[i] == 7), "an undecided tensor's output is not touched"
+            assert all(np.array_equal(a.view(np.uint32), b.view(np.uint32)) for a, b in zip(others[i], before[i]))
 
 
 @needs_kernels
@@ -69,6 +82,35 @@ def test_ordinary_tensors_are_decided():
     assert decided == [True] * 4
     assert [int((~m).sum()) for m in masks] == [prune_count(s, w.size) for w, s in
                                                 zip(weights, [0.5, 0.9, 0.5, 0.97])]
+
+
+@needs_kernels
+def test_the_mask_pass_may_zero_the_weights_themselves():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal(300_001).astype(np.float32)
+    original = w.copy()
+    decided, masks, _ = _select([w], [0.9], zero=[[w]])
+    assert decided == [True]
+    assert np.array_equal(masks[0], reference_mask(original, 0.9, Unstructured()))
+    assert np.array_equal(w.view(np.uint32), _zeroed(original, masks[0]).view(np.uint32))
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+def test_zero_where_zeroes_every_array_of_a_mask(threads):
+    rng = np.random.default_rng(2)
+    sizes = (5, 4096, 4097, (1 << 20) + 3)  # a tail, one slice, a slice and one, more than one job
+    masks = [(rng.random(n) > 0.3).astype(np.uint8) for n in sizes]
+    arrays = [[rng.standard_normal(n).astype(np.float32), rng.integers(-9, 9, n).astype(np.int32)] for n in sizes]
+    before = [[a.copy() for a in group] for group in arrays]
+    native.zero_where(masks, arrays, threads=threads)
+    for m, group, old in zip(masks, arrays, before):
+        for a, b in zip(group, old):
+            assert np.array_equal(a.view(np.uint32), _zeroed(b, m.astype(bool)).view(np.uint32))
+    with pytest.raises(ValueError, match="4-byte"):
+        native.zero_where([masks[0]], [[np.zeros(5, np.float64)]])
+    with pytest.raises(ValueError, match="uint8"):
+        native.zero_where([masks[0].astype(bool)], [[np.zeros(5, np.float32)]])
 
 
 @needs_kernels

@@ -472,3 +472,51 @@ def test_the_default_step_needs_no_masking_pass(row, dtype, device, groups):
             pruned = ~a.pruning.masks[name]
             assert (p[pruned] == 0).all() and (a.state[p]["exp_avg"][pruned] == 0).all()
             assert (a.state[p]["exp_avg_sq"][pruned] == 0).all()
+
+
+def wide_net(seed=0):
+    """A net whose weights are large enough (>= 16K entries) for the native prune-event kernels."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(160, 128), torch.nn.ReLU(), torch.nn.Linear(128, 8))
+
+
+@table(dtypes=[torch.float32], groups=(1, 2))
+def test_native_events_zero_in_their_mask_pass_as_the_torch_event_does(row, dtype, device, groups):
+    """On CPU the native kernels decide big tensors' masks and zero weights, optimizer state and gradients
+    in the same pass: the same masks, weights, state and gradients as the torch event, bit for bit, and
+    the gradients need no masking pass of their own afterwards."""
+    from prunekit.core import native
+
+    if device != "cpu" or native.kernels() is None:
+        pytest.skip("the native kernels run on x86-64 CPUs with AVX2 and a C compiler")
+    models = wide_net(), wide_net()
+    opts = [build(row, m, groups, **PRUNE) for m in models]
+    opts[1].pruning.compiled_event.native = False
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(6, 160, generator=g), torch.randn(6, 8, generator=g)) for _ in range(7)]
+    grads = []
+
+    def record(model, opt):
+        grads.append([p.grad.clone() for p in model.parameters()])
+
+    for model, opt in zip(models, opts):
+        run(model, opt, batches, check=record)
+    assert opts[0].pruning.compiled_event.native_events >= 2 and opts[1].pruning.compiled_event.native_events == 0
+    assert_same(*models, *opts)
+    half = len(grads) // 2
+    for a, b in zip(grads[:half], grads[half:]):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    # at an event inside step(), the native pass leaves the gradient masked and recorded as such
+    model = wide_net()
+    opt = build(row, model, groups, **PRUNE)
+    engine = opt.pruning
+    run(model, opt, batches[:2])  # the first event, at step 1; step 2 aims higher
+    backward(model, *batches[2])
+    before = engine.compiled_event.native_events
+    engine.prune_event(defer=True)
+    assert engine.compiled_event.native_events == before + 1
+    for name, p in model.named_parameters():
+        if name in engine.masks and p.numel() >= engine.compiled_event.MIN_SIZE:
+            assert (p.grad[~engine.masks[name]] == 0).all() and (p[~engine.masks[name]] == 0).all()
+            ok = engine._grad_ok[name]
+            assert ok[0]() is p.grad and ok[1] == p.grad._version and name not in engine._deferred

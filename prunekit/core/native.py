@@ -43,11 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["kernels", "select_masks", "group_masks", "block_scores", "SAMPLE_STRIDE", "SIGMAS", "sample_ranks", "rank_band"]
+__all__ = ["kernels", "select_masks", "zero_where", "group_masks", "block_scores", "SAMPLE_STRIDE", "SIGMAS", "sample_ranks", "rank_band"]
 
 SAMPLE_STRIDE = 17  # prime, so the sample does not line up with a kernel or channel period
 SIGMAS = 3.5
-_ABI = 8
+_ABI = 9
 _BINS = 1 << 16
 _CHUNK = 64  # CHUNK in select.c
 _SOURCE = Path(__file__).with_name("_native") / "select.c"
@@ -145,7 +145,9 @@ def _load():
     lib.pk_scan.restype = i64
     lib.pk_scan.argtypes = [ptr, i64, ptr, ctypes.c_uint32, ctypes.c_uint32, ptr, ptr, i64, ptr]
     lib.pk_mask.restype = i64
-    lib.pk_mask.argtypes = [ptr, i64, ctypes.c_uint32, i64, ptr]
+    lib.pk_mask.argtypes = [ptr, i64, ctypes.c_uint32, i64, ptr, ptr, i64]
+    lib.pk_zero.restype = None
+    lib.pk_zero.argtypes = [ptr, i64, ptr, i64]
     lib.pk_groups.restype = i64
     lib.pk_groups.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr]
     lib.pk_banks.restype = i64
@@ -174,9 +176,14 @@ def _pool(threads):
         return _pools[key]
 
 
-def _select_one(lib, keys, count, prior, out):
-    """Fill ``out`` with the mask of ``keys`` after pruning its ``count`` lowest; False (``out`` not
-    written) when the caller's exact path must decide."""
+def _pointers(arrays, start=0):
+    """A C array of the addresses of ``arrays`` (4-byte entries) from entry ``start`` on."""
+    return (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data + 4 * start for a in arrays])
+
+
+def _select_one(lib, keys, count, prior, out, zero):
+    """Fill ``out`` with the mask of ``keys`` after pruning its ``count`` lowest, and zero the entries it
+    prunes in the arrays ``zero``; False (nothing written) when the caller's exact path must decide."""
     n = keys.size
     hist = getattr(_local, "hist", None)
     if hist is None:
@@ -202,7 +209,7 @@ def _select_one(lib, keys, count, prior, out):
         return False
     threshold, staying = rank_band(values[:inside], positions[:inside], count - below)
     cut = int(staying[0]) if len(staying) else n
-    kept = lib.pk_mask(keys.ctypes.data, n, int(threshold), cut, out.ctypes.data)
+    kept = lib.pk_mask(keys.ctypes.data, n, int(threshold), cut, out.ctypes.data, _pointers(zero), len(zero))
     if kept != n - count:
         raise RuntimeError(f"prunekit: native prune event kept {kept} of {n} entries, expected {n - count} "
                            "(please report this)")
@@ -234,15 +241,24 @@ def _check(i, w, out, prior):
                          "weights and uint8 masks of the same shape")
 
 
-def select_masks(weights, counts, priors, outs, threads=1):
+def _check_zero(i, size, arrays):
+    for a in arrays:
+        if a.dtype.itemsize != 4 or a.size != size or not a.flags.c_contiguous or not a.flags.writeable:
+            raise ValueError(f"prunekit: native kernels got an unusable array to zero with mask #{i} ({a.dtype}, "
+                             f"shape {a.shape}); expected writable C-contiguous 4-byte entries, {size} of them")
+
+
+def select_masks(weights, counts, priors, outs, threads=1, zero=None):
     """Masks of unstructured tensors, computed by the native kernels (:func:`kernels` must not be None).
 
     ``weights``: 1-D C-contiguous float32 arrays; ``counts``: how many entries to prune in each
     (``0 < count < size``); ``priors``: None or one uint8 array per weight (1 = kept at the previous
     event, whose pruned entries must be 0.0 now); ``outs``: uint8 arrays of the weights' sizes to write
-    the masks into (1 = kept). Returns one bool per tensor: True if its mask was written, False if the
+    the masks into (1 = kept); ``zero``: None or, per weight, a list of arrays of its size (4-byte entries,
+    e.g. the weight itself, its gradient, its optimizer state) whose pruned entries become +0.0 in the same
+    pass. Returns one bool per tensor: True if its mask was written (and its arrays zeroed), False if the
     caller must decide it (an unlucky sample, a threshold among zeros, NaN or inf, a pruned entry that is
-    not 0.0).
+    not 0.0); then nothing of it was written.
     """
     jobs = []
     for i, (w, count, out) in enumerate(zip(weights, counts, outs)):
@@ -251,7 +267,9 @@ def select_masks(weights, counts, priors, outs, threads=1):
         if w.ndim != 1 or not 0 < count < w.size:
             raise ValueError(f"prunekit: select_masks got tensor #{i} of shape {w.shape} with count {count}; "
                              "expected 1-D with 0 < count < size")
-        jobs.append((w.view(np.uint32), int(count), prior, out))
+        arrays = [] if zero is None else list(zero[i])
+        _check_zero(i, w.size, arrays)
+        jobs.append((w.view(np.uint32), int(count), prior, out, arrays))
     return _run(jobs, _select_one, threads)
 
 
@@ -323,7 +341,39 @@ def block_scores(weights, blocks, priors, threads=1):
     return _run(jobs, _block_one, threads)
 
 
-_CHUNK = 1 << 20  # entries per job of an update: big tensors split, so two threads share them evenly
+_SPLIT = 1 << 20  # entries per job of an update or a zeroing: big tensors split, so two threads share them evenly
+
+
+def _parallel(jobs, work, threads):
+    if threads <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            work(job)
+    else:
+        for future in [_pool(threads).submit(work, job) for job in jobs]:
+            future.result()
+
+
+def zero_where(masks, arrays, threads=1):
+    """For each ``masks[i]`` (uint8, 1 = kept), ``+0.0`` in every array of ``arrays[i]`` where the mask is 0
+    (4-byte entries, C-contiguous, the mask's size), in place: one pass over memory per mask, however many
+    arrays share it (:func:`kernels` must not be None)."""
+    lib = kernels()
+    if lib is None:
+        raise RuntimeError("prunekit: the native kernels are not available here (see prunekit.core.native)")
+    jobs = []
+    for i, (mask, group) in enumerate(zip(masks, arrays)):
+        if mask.dtype != np.uint8 or not mask.flags.c_contiguous:
+            raise ValueError(f"prunekit: zero_where got mask #{i} of dtype {mask.dtype}; expected C-contiguous uint8")
+        group = list(group)
+        _check_zero(i, mask.size, group)
+        if group:
+            jobs.extend((mask, group, a, min(mask.size, a + _SPLIT)) for a in range(0, mask.size, _SPLIT))
+
+    def work(job):
+        mask, group, a, b = job
+        lib.pk_zero(mask.ctypes.data + a, b - a, _pointers(group, a), len(group))
+
+    _parallel(jobs, work, threads)
 
 
 def adam_steps(tensors, hyper, threads=1):
@@ -332,8 +382,8 @@ def adam_steps(tensors, hyper, threads=1):
     maximize`` (see ``pk_adam`` in ``_native/select.c``)."""
     jobs = []
     for (w, g, m, v, mask), h in zip(tensors, hyper):
-        for start in range(0, w.size, _CHUNK):
-            jobs.append((w, start, min(w.size, start + _CHUNK), g, m, v, mask, h))
+        for start in range(0, w.size, _SPLIT):
+            jobs.append((w, start, min(w.size, start + _SPLIT), g, m, v, mask, h))
     lib = kernels()
     if lib is None:
         raise RuntimeError("prunekit: the native kernels are not available here (see prunekit.core.native)")
@@ -346,9 +396,4 @@ def adam_steps(tensors, hyper, threads=1):
                     h["decay_mul"], h["l2"], 1.0 - h["beta1"], h["beta2"], 1.0 - h["beta2"], h["neg_step"],
                     h["bc2_sqrt"], h["eps"], int(h["maximize"]))
 
-    if threads <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            work(job)
-    else:
-        for future in [_pool(threads).submit(work, job) for job in jobs]:
-            future.result()
+    _parallel(jobs, work, threads)

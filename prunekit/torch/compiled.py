@@ -437,19 +437,28 @@ class CompiledPruneEvent:
         return bounds.to(device=flats[0].device, dtype=torch.int32).view(torch.float32)
 
     def _native(self, items, flats, priors, zero_weights):
-        """:meth:`__call__` by :func:`prunekit.core.native.select_masks` (CPU)."""
-        from prunekit.torch.engine import zero_pruned_
+        """:meth:`__call__` by :func:`prunekit.core.native.select_masks` (CPU), which zeroes the weights (if
+        ``zero_weights``) and the state tensors in its mask pass."""
+        from prunekit.torch.engine import _native_zeroable, zero_pruned_
 
         outs = [torch.empty(f.numel(), dtype=torch.uint8) for f in flats]
+        inline, later = [], []  # per item: tensors the mask pass zeroes; those it cannot (another dtype)
+        for i, (w, _, _, states) in enumerate(items):
+            tensors = ([w.detach()] if zero_weights else []) + [s.detach() for s in states]
+            ok = [t for t in tensors if _native_zeroable(t.view(-1), outs[i].view(torch.bool))]
+            inline.append(ok)
+            later.append([t for t in tensors if not any(t is o for o in ok)])
         decided = native.select_masks([f.numpy() for f in flats], [count for _, count, _, _ in items],
                                       None if priors is None else [p.numpy() for p in priors],
-                                      [o.numpy() for o in outs], threads=torch.get_num_threads())
+                                      [o.numpy() for o in outs], threads=torch.get_num_threads(),
+                                      zero=[[t.view(-1).numpy() for t in ts] for ts in inline])
         masks = {i: outs[i].view(torch.bool).view(items[i][0].shape) for i, ok in enumerate(decided) if ok}
         tensors, tensor_masks = [], []
         for i, mask in masks.items():
-            for t in ([items[i][0]] if zero_weights else []) + list(items[i][3]):
-                tensors.append(t)
-                tensor_masks.append(mask)
+            for t in inline[i]:  # written behind autograd's back: let it know, as an in-place op would
+                torch.autograd.graph.increment_version(t)
+            tensors.extend(later[i])
+            tensor_masks.extend([mask] * len(later[i]))
         if tensors:
             zero_pruned_(tensors, tensor_masks)
         if masks:

@@ -21,7 +21,7 @@
 #define BINS (1u << (31 - SHIFT))
 
 /* Bumped whenever a signature or a meaning changes (the loader checks it). */
-int pk_abi(void) { return 8; }
+int pk_abi(void) { return 9; }
 
 /* 1 when built with AVX2 and the CPU running it has AVX2 (asked with cpuid; nothing here executes AVX2
  * before this answers, so the library loads on any x86-64 CPU). */
@@ -141,20 +141,49 @@ int64_t pk_scan(const uint32_t *w, int64_t n, const uint8_t *prior, uint32_t lo,
     return m;
 }
 
+/* Zero, in each of the nzero arrays of 4-byte entries, the entries at which keep[i] is 0 (keep holds 0 or 1):
+ * z[i] &= -keep[i], so a kept entry's bits are unchanged and a pruned one becomes +0.0. */
+static inline void zero_span(const uint8_t *restrict keep, int64_t n, uint32_t *const *zero, int64_t nzero,
+                             int64_t at)
+{
+    for (int64_t j = 0; j < nzero; j++) {
+        uint32_t *restrict z = zero[j] + at;
+        for (int64_t i = 0; i < n; i++) z[i] &= -(uint32_t)keep[i];
+    }
+}
+
+#define ZCHUNK 4096
+
+/* zero_span over keep[0:n] in slices of ZCHUNK entries: each slice of the mask is read from cache by
+ * every array, so the whole is one pass over memory. */
+void pk_zero(const uint8_t *keep, int64_t n, uint32_t *const *zero, int64_t nzero)
+{
+    for (int64_t a = 0; a < n; a += ZCHUNK)
+        zero_span(keep + a, n - a < ZCHUNK ? n - a : ZCHUNK, zero, nzero, a);
+}
+
 /* out[i] = 1 where the entry stays: key > t, or key == t at an index >= cut (the tie rule); else 0.
- * Returns how many stay. */
-int64_t pk_mask(const uint32_t *w, int64_t n, uint32_t t, int64_t cut, uint8_t *out)
+ * In the same pass (ZCHUNK entries at a time), the nzero arrays (which may include w itself: its keys
+ * of a slice are read before they are zeroed) get +0.0 where the entry goes. Returns how many stay. */
+int64_t pk_mask(const uint32_t *w, int64_t n, uint32_t t, int64_t cut, uint8_t *out, uint32_t *const *zero,
+                int64_t nzero)
 {
     int64_t kept = 0, c = cut < n ? (cut > 0 ? cut : 0) : n;
-    for (int64_t i = 0; i < c; i++) {
-        uint8_t k = (w[i] & KEY_MASK) > t;
-        out[i] = k;
-        kept += k;
-    }
-    for (int64_t i = c; i < n; i++) {
-        uint8_t k = (w[i] & KEY_MASK) >= t;
-        out[i] = k;
-        kept += k;
+    for (int64_t a = 0; a < n; a += ZCHUNK) {
+        int64_t b = n - a < ZCHUNK ? n - a : ZCHUNK, split = c - a < 0 ? 0 : (c - a > b ? b : c - a);
+        const uint32_t *wa = w + a;
+        uint8_t *oa = out + a;
+        for (int64_t i = 0; i < split; i++) {
+            uint8_t k = (wa[i] & KEY_MASK) > t;
+            oa[i] = k;
+            kept += k;
+        }
+        for (int64_t i = split; i < b; i++) {
+            uint8_t k = (wa[i] & KEY_MASK) >= t;
+            oa[i] = k;
+            kept += k;
+        }
+        zero_span(oa, b, zero, nzero, a);
     }
     return kept;
 }
