@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prunekit.core import BankBalanced, Block, Unstructured, native, reference_mask
+from prunekit.core import NM, BankBalanced, Block, Unstructured, native, reference_mask
 from prunekit.core.masks import prune_count, to_scores
 
 needs_kernels = pytest.mark.skipif(native.kernels() is None,
@@ -296,3 +296,24 @@ def test_block_scores_are_the_reference_scores(shape, r, c, seed, with_prior):
     assert np.isnan(native.block_scores([w], [(r, c)], None)[0][0][0])
     with pytest.raises(ValueError, match="blocks 5x"):
         native.block_scores([w], [(5, c)], None)
+
+
+@needs_kernels
+@pytest.mark.parametrize("pattern", [Unstructured(), BankBalanced(64), NM(2, 4), Block(4, 4)], ids=repr)
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_host_masks_of_the_framework_adapters_are_the_reference(pattern, with_prior):
+    """Keras, TF1 and MXNet get their masks from ``HostPruner``: large float32 tensors go through the native
+    kernels (blocks stay with the reference), with the reference's answer, ties and previous masks included."""
+    from prunekit.core.pruner import _native_mask, host_mask
+
+    rng = np.random.default_rng(4)
+    w = np.round(rng.standard_normal((64, 128, 3)), 1).astype(np.float32)  # (out, in, spatial), ties
+    prior = None
+    if with_prior:
+        prior = reference_mask(w, 0.5, pattern)
+        w[~prior] = 0.0
+    expected = reference_mask(w, 0.75, pattern, prior)
+    native_mask = _native_mask(w, 0.75, pattern, prior)
+    assert (native_mask is None) == isinstance(pattern, Block)
+    assert np.array_equal(host_mask(w, 0.75, pattern, prior), expected)
+    assert host_mask(w.astype(np.float64), 0.75, pattern, prior).dtype == bool  # another dtype: the reference

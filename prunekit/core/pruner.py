@@ -8,13 +8,54 @@ every step; only at a prune event do they hand the current weights (in the canon
 :mod:`prunekit.core.masks`. So every framework gets the reference answer, ties included, and the
 schedule arithmetic (targets, restored sparsity) is written once. The torch adapter computes the same
 masks on the parameter's device instead (see ``prunekit/torch/_select.py``).
+
+Where :mod:`prunekit.core.native`'s kernels are available (x86-64 with AVX2 and a C compiler), large
+float32 tensors with unstructured, N:M or bank-balanced patterns are decided by them: the same masks
+(the kernels are tested against the reference), without the reference's sorts.
 """
+
+import os
 
 import numpy as np
 
-from prunekit.core.masks import reference_global_masks, reference_mask
+from prunekit.core import native
+from prunekit.core.masks import prune_count, reference_global_masks, reference_mask
 
-__all__ = ["HostPruner", "initial_sparsity"]
+__all__ = ["HostPruner", "initial_sparsity", "host_mask"]
+
+_NATIVE_MIN_SIZE = 1 << 14  # below this the reference's sorts cost less than the call
+
+
+def _native_mask(w, sparsity, pattern, prior):
+    """The mask from the native kernels, or None when they do not take this tensor or hand it back."""
+    if w.dtype != np.float32 or w.size < _NATIVE_MIN_SIZE or native.kernels() is None:
+        return None
+    layout = pattern.layout(tuple(w.shape))
+    threads = max(1, min(2, os.cpu_count() or 1))
+    out = np.empty(w.shape, np.uint8)
+    prior8 = None if prior is None else np.ascontiguousarray(prior, dtype=np.uint8).reshape(w.shape)
+    if layout.block is None and layout.group_size is None and layout.perm == tuple(range(w.ndim)):
+        count = prune_count(sparsity, w.size)
+        if not 0 < count < w.size:
+            return None
+        flat = np.ascontiguousarray(w).reshape(-1)
+        decided = native.select_masks([flat], [count], None if prior8 is None else [prior8.reshape(-1)],
+                                      [out.reshape(-1)], threads=threads)
+    elif (layout.block is None and layout.group_size is not None and w.ndim >= 2
+          and layout.perm == (0,) + tuple(range(2, w.ndim)) + (1,) and w.shape[1] % layout.group_size == 0):
+        decided = native.group_masks([np.ascontiguousarray(w)], [layout.group_size],
+                                     [prune_count(sparsity, layout.group_size)],
+                                     None if prior8 is None else [prior8], [out], threads=threads)
+    else:
+        return None
+    return out.astype(bool) if decided[0] else None
+
+
+def host_mask(weight, sparsity, pattern, prior=None):
+    """``reference_mask(weight, sparsity, pattern, prior)``, by the native kernels where they take it."""
+    w = np.asarray(weight)
+    mask = _native_mask(w, sparsity, pattern, prior)
+    return reference_mask(w, sparsity, pattern, prior) if mask is None else mask
 
 
 def initial_sparsity(config, restored, sizes):
@@ -69,7 +110,7 @@ class HostPruner:
             if not np.isfinite(w).all():
                 raise ValueError(f"{spec.name!r} holds NaN or inf at step {step}; masks cannot be ranked")
             prior = None if priors is None else priors.get(spec.name)
-            out[spec.name] = reference_mask(w, self.sparsity_at(step, [spec.name], restored), spec.pattern, prior)
+            out[spec.name] = host_mask(w, self.sparsity_at(step, [spec.name], restored), spec.pattern, prior)
         if global_names:
             ws = [np.asarray(weights[n]) for n in global_names]
             prior = None if priors is None or any(priors.get(n) is None for n in global_names) else \
@@ -86,7 +127,7 @@ class HostPruner:
         w = np.asarray(weight)
         if not np.isfinite(w).all():
             raise ValueError(f"{name!r} holds NaN or inf at step {step}; masks cannot be ranked")
-        return reference_mask(w, self.sparsity_at(step, [name], restored or {}), spec.pattern, prior)
+        return host_mask(w, self.sparsity_at(step, [name], restored or {}), spec.pattern, prior)
 
     @staticmethod
     def restore(weights):
