@@ -30,6 +30,7 @@ from prunekit.core.plan import resolve_plan
 from prunekit.core.pruner import HostPruner
 from prunekit.errors import PlanError, PruningRuntimeError
 from prunekit.torch import _select
+from prunekit.torch import distributed as _dist
 
 __all__ = ["PruningEngine", "STATE_KEY", "MASK_KEY", "RESTORED_KEY", "STEP_KEY", "MASKED_KEY", "zero_pruned_", "mask_nbytes"]
 
@@ -55,7 +56,7 @@ def zero_pruned_(tensors, masks):
     """
     groups = defaultdict(lambda: ([], []))
     for t, m in zip(tensors, masks):
-        t = t.detach()
+        t, m = _dist.local(t.detach()), _dist.local(m)  # a DTensor shard and its mask's shard
         int_dtype = _SAME_SIZE_INT.get(t.dtype)
         if int_dtype is not None:
             t, m = t.view(int_dtype), m.view(torch.uint8)
@@ -315,6 +316,11 @@ class PruningEngine:
         self._optimizer = optimizer
         self.plan = resolve_plan([(n, tuple(p.shape)) for n, p in named_params], config, named=named)
         self._specs = [(spec, self._params[spec.name]) for spec in self.plan]
+        #: names of the planned parameters that are DTensors (FSDP2): their events go through
+        #: :mod:`prunekit.torch.distributed`, which selects on each rank's shard
+        self._sharded = {spec.name for spec, p in self._specs if _dist.is_sharded(p)}
+        if self._sharded:
+            _dist.check_plan(self._specs)
         if optimizer is not None and owner is optimizer:
             self._store = _OptimizerStore(optimizer, {s.name: p for s, p in self._specs})
         else:
@@ -396,7 +402,7 @@ class PruningEngine:
             if not torch.is_tensor(mask) or tuple(mask.shape) != tuple(p.shape):
                 shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
                 raise PlanError(f"loaded mask for {name!r} has shape {shape}; the parameter has {tuple(p.shape)}")
-            fixed[name] = mask.to(device=p.device, dtype=torch.bool)
+            fixed[name] = _dist.as_local_mask(mask, p)
         self._store.store_loaded(step, fixed, restored)
         self._masks = None
         pairs = [(t, fixed[s.name]) for s, p in self._specs if s.name in fixed for t in self._state_tensors(p)]
@@ -432,7 +438,7 @@ class PruningEngine:
             p.grad = grad * mask
         else:
             zero_pruned_([grad], [mask])
-        self._grad_ok[name] = (weakref.ref(p.grad), p.grad._version)
+        self._grad_ok[name] = (weakref.ref(p.grad), _version(p.grad))
 
     @torch.no_grad()
     def mask_grads(self):
@@ -444,7 +450,7 @@ class PruningEngine:
             if mask is None or grad is None:
                 continue
             ok = self._grad_ok.get(spec.name)
-            if ok is not None and ok[0]() is grad and grad._version == ok[1]:
+            if ok is not None and ok[0]() is grad and _version(grad) == ok[1]:
                 continue
             if grad.is_sparse or grad.requires_grad:
                 self._mask_grad(spec.name, p)
@@ -455,7 +461,7 @@ class PruningEngine:
             zero_pruned_(dense, dense_masks)
             for spec, p in self._specs:
                 if p.grad is not None and any(p.grad is g for g in dense):
-                    self._grad_ok[spec.name] = (weakref.ref(p.grad), p.grad._version)
+                    self._grad_ok[spec.name] = (weakref.ref(p.grad), _version(p.grad))
 
     @torch.no_grad()
     def add_l1(self, grad_scale=None):
@@ -527,7 +533,7 @@ class PruningEngine:
             if mask is None:
                 continue
             seen = self._clean.get(spec.name)
-            if seen is None or seen != (p._version, p.data_ptr()):
+            if seen is None or seen != (_version(p), _dist.local(p).data_ptr()):
                 pairs.append((p, mask))
                 names.append(spec.name)
         if pairs:
@@ -537,7 +543,7 @@ class PruningEngine:
 
     def _note_clean(self, name):
         p = self._params[name]
-        self._clean[name] = (p._version, p.data_ptr())
+        self._clean[name] = (_version(p), _dist.local(p).data_ptr())
 
     @torch.no_grad()
     def after_update(self, masked=False):
@@ -584,6 +590,9 @@ class PruningEngine:
         zeroed = set(new)  # the compiled whole-tensor pass zeroed these already (unless deferred)
         new.update(grouped)
         global_specs = [(s, p) for s, p in self._specs if s.pattern.is_global]
+        if self._sharded:
+            new.update(self._sharded_masks(step, old, restored, global_specs))
+            global_specs = [] if any(s.name in new for s, _ in global_specs) else global_specs
         for spec, p in self._specs:
             if spec.pattern.is_global or spec.name in new:
                 continue
@@ -611,6 +620,24 @@ class PruningEngine:
         else:
             self._install(new, zeroed=zeroed)
 
+    def _sharded_masks(self, step, old, restored, global_specs):
+        """Masks by name of the sharded tensors (and of the ``Global()`` set when one of them is sharded),
+        selected on each rank's shard by :func:`prunekit.torch.distributed.event_masks`."""
+        items = []
+        for spec, p in self._specs:
+            if spec.name in self._sharded and not spec.pattern.is_global:
+                sparsity = self._decide.sparsity_at(step, [spec.name], restored)
+                items.append((spec.name, p, sparsity, spec.pattern, old.get(spec.name)))
+        global_set = None
+        if any(s.name in self._sharded for s, _ in global_specs):
+            names = [s.name for s, _ in global_specs]
+            priors = [old[n] for n in names] if all(n in old for n in names) else None
+            global_set = (names, [p for _, p in global_specs], self._decide.sparsity_at(step, names, restored), priors)
+        try:
+            return _dist.event_masks(items, global_set)
+        except _select.NonFiniteWeights as error:
+            raise self._non_finite(error.args[0]) from None
+
     def _compiled_masks(self, step, old, restored, zero):
         """Masks by name from the compiled event: ``(whole tensors, weights and state already zeroed unless
         not ``zero``; grouped patterns, nothing zeroed)``. Tensors on different devices go separately."""
@@ -619,7 +646,7 @@ class PruningEngine:
             return {}, {}
         by_device = defaultdict(lambda: ([], [], [], [], [], []))
         for spec, p in self._specs:
-            if spec.pattern.is_global:
+            if spec.pattern.is_global or spec.name in self._sharded:
                 continue
             items, names, groups, group_names, blocks, block_names = by_device[p.device]
             layout = spec.pattern.layout(tuple(p.shape))
@@ -713,6 +740,11 @@ def _masked_sparse(grad, mask):
 
 def mask_nbytes(engine):
     """Bytes held by the engine's masks (1 per pruned-tensor element)."""
-    return sum(m.numel() * m.element_size() for m in engine.masks.values())
+    return sum(_dist.local(m).numel() * m.element_size() for m in engine.masks.values())
+
+
+def _version(t):
+    """The version counter that in-place changes bump (a DTensor's: its local shard's)."""
+    return _dist.local(t)._version
 
 
