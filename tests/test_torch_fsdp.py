@@ -71,6 +71,7 @@ def _reference(kind, pattern, steps=STEPS):
         model = _net()
         opt = _optimizer(kind, model, pattern)
     _train(model, opt, 0, steps, 1.0)
+    _reference.sparsity = opt.sparsity()
     return {n: p.detach().clone() for n, p in model.named_parameters()}, dict(opt.pruning.masks)
 
 
@@ -209,6 +210,8 @@ def _check_training(world):
         _train(model, opt, 0, STEPS, scale)
         params = dict(model.named_parameters())
         fails += _compare(f"fsdp {kind} {pattern}", params, opt.pruning.masks, want_params, want_masks)
+        if opt.sparsity() != _reference.sparsity:  # counted over the shards, summed over the ranks
+            fails.append(f"fsdp {kind} {pattern}: sparsity() {opt.sparsity()} != {_reference.sparsity}")
         # pruned entries' gradients are 0 after backward (the hook runs after FSDP's reduce-scatter)
         x, y = _batch(99)
         opt.zero_grad()
@@ -217,6 +220,24 @@ def _check_training(world):
             grad = params[name].grad
             if grad is not None and bool((grad.to_local()[~mask.to_local()] != 0).any()):
                 fails.append(f"fsdp {kind} {pattern}: gradient of pruned entries of {name} is not 0")
+    # restore_sparsity + fix_sparsity on a sharded model that holds zeros: masks = weights != 0, kept
+    import prunekit.torch as pruning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = _net()
+        with torch.no_grad():
+            for p in net.parameters():
+                p[p.abs() < 0.05] = 0
+        want = {n: p.detach() != 0 for n, p in net.named_parameters() if p.dim() > 1}
+        model = _fsdp(net, world)
+        opt = pruning.SGDSparse(model.named_parameters(), lr=0.05, restore_sparsity=True, fix_sparsity=True)
+    _train(model, opt, 0, 2, float(world) if dist.get_rank() == 0 else 0.0)
+    for name, mask in want.items():
+        got = opt.pruning.masks.get(name)
+        if got is None or not torch.equal(got.full_tensor(), mask):
+            fails.append(f"restore_sparsity under fsdp: mask of {name} is not weight != 0")
+        elif not torch.equal(dict(model.named_parameters())[name].full_tensor() != 0, mask):
+            fails.append(f"restore_sparsity under fsdp: {name} lost or gained zeros")
     return fails
 
 

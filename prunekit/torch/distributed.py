@@ -34,7 +34,7 @@ from prunekit.core.masks import prune_count
 from prunekit.errors import PlanError
 from prunekit.torch import _select
 
-__all__ = ["is_sharded", "local", "check_sharding", "as_local_mask", "event_masks", "DIGIT"]
+__all__ = ["is_sharded", "local", "check_sharding", "check_plan", "as_local_mask", "counts", "event_masks", "DIGIT"]
 
 #: bits per radix round: 4096 counts per tensor per round cross the group (32 KiB as int64)
 DIGIT = 12
@@ -148,6 +148,24 @@ def as_local_mask(mask, p):
     if is_sharded(mask):
         mask = mask.full_tensor()
     return mask.to(device=p.device, dtype=torch.bool)
+
+
+def counts(pairs):
+    """``[int(flags.sum())]`` for ``(flags, parameter)`` pairs, over all ranks: ``flags`` is a bool tensor of
+    this rank's entries of ``parameter`` (its local shard for a DTensor); the local sums of sharded ones are
+    added up over their shard group, one ``all_reduce`` per group. Every rank must call it alike."""
+    sums = [int(local(flags).sum()) for flags, _ in pairs]
+    by_group = {}
+    for i, (_, p) in enumerate(pairs):
+        if is_sharded(p):
+            where = _Sharding(p)
+            if where.dim is not None and where.ranks > 1:
+                by_group.setdefault(id(where.group), (where.group, []))[1].append(i)
+    for group, index in by_group.values():
+        summed = _all_reduce(torch.tensor([sums[i] for i in index], dtype=torch.int64), group).tolist()
+        for i, value in zip(index, summed):
+            sums[i] = value
+    return sums
 
 
 def _wrap(local_mask, p):

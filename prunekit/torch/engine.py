@@ -686,7 +686,9 @@ class PruningEngine:
         masks, restored = {}, {}
         for spec, p in self._specs:
             masks[spec.name] = p.detach() != 0
-            restored[spec.name] = 1.0 - int(masks[spec.name].sum()) / max(1, p.numel())
+        kept = _dist.counts([(_dist.local(masks[s.name]), p) for s, p in self._specs])
+        for (spec, p), k in zip(self._specs, kept):
+            restored[spec.name] = 1.0 - k / max(1, p.numel())
         self._store.put(restored=restored)
         self._install(masks)
 
@@ -719,8 +721,9 @@ class PruningEngine:
     def sparsity(self):
         """``(per_tensor, total)``: zeros / elements of each planned tensor, and overall by size."""
         per, zeros, total = {}, 0, 0
-        for spec, p in self._specs:
-            z = int((p.detach() == 0).sum())
+        # a DTensor's zeros are counted on each shard and summed over the ranks
+        found = _dist.counts([(_dist.local(p.detach()) == 0, p) for _, p in self._specs])
+        for (spec, p), z in zip(self._specs, found):
             per[spec.name] = z / max(1, p.numel())
             zeros, total = zeros + z, total + p.numel()
         return per, (zeros / total if total else 0.0)
