@@ -18,6 +18,7 @@ instead of reusing them unseen (without it a second event can read as 0 bytes). 
 float32 parameter), and event time linear in the parameter count.
 
     nice -n 10 python benchmarks/scale.py [--sizes 25M,50M,100M,250M,500M,1B] [--patterns unstructured,2:4]
+    (a size may name its d_model: --sizes 100M@2048,250M@2048)
                                           [--threads 1] [--json benchmarks/results/scale.json]
 
 Linux only (``/proc``). 1B parameters need ~6 GB of memory.
@@ -47,9 +48,10 @@ def _reset_peak():
         f.write("5")
 
 
-def shapes_for(size):
-    """Transformer-like linear layer shapes adding up to about ``size`` parameters."""
-    d = 1024 if size < 300e6 else 2048
+def shapes_for(size, d=None):
+    """Transformer-like linear layer shapes adding up to about ``size`` parameters (d_model ``d``, by default
+    1024 below 300M parameters and 2048 above)."""
+    d = d or (1024 if size < 300e6 else 2048)
     blocks = max(1, round(size / (12 * d * d)))
     shapes = []
     for _ in range(blocks):
@@ -57,14 +59,23 @@ def shapes_for(size):
     return d, blocks, shapes
 
 
-def _one(size_name, pattern, threads):
+def _parse(token):
+    """``250M`` or ``250M@2048`` (d_model 2048) -> (size name, d_model or None)."""
+    name, _, d = token.partition("@")
+    if name not in SIZES or (d and not d.isdigit()):
+        raise ValueError(f"unknown size {token!r}; accepted: {', '.join(SIZES)}, optionally @D_MODEL (250M@2048)")
+    return name, int(d) if d else None
+
+
+def _one(token, pattern, threads):
     """Run in a fresh process: build the parameters, run two events, print one JSON line."""
     import torch
 
     import prunekit.torch as pruning
 
     torch.set_num_threads(threads)
-    d, blocks, shapes = shapes_for(SIZES[size_name])
+    size_name, d_model = _parse(token)
+    d, blocks, shapes = shapes_for(SIZES[size_name], d_model)
     g = torch.Generator().manual_seed(0)
     named = []
     for i, shape in enumerate(shapes):
@@ -110,18 +121,20 @@ def _table(rows):
 
 
 def _slopes(rows):
-    """Per pattern and event kind: least-squares seconds per parameter and the worst ns/param over the mean."""
+    """Per pattern, event kind and d_model: least-squares seconds per parameter, its intercept, and the
+    range of ns/param over the sizes."""
     out = {}
-    for pattern in sorted({r["pattern"] for r in rows}):
+    for pattern, d in sorted({(r["pattern"], r["d_model"]) for r in rows}):
         for step in (0, 2):
-            pts = [(r["params"], e["seconds"]) for r in rows if r["pattern"] == pattern for e in r["events"] if e["step"] == step]
+            pts = [(r["params"], e["seconds"]) for r in rows if r["pattern"] == pattern and r["d_model"] == d
+                   for e in r["events"] if e["step"] == step]
             if len(pts) < 2:
                 continue
             xs, ys = zip(*pts)
             mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
             slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x in xs)
             per = [y / x for x, y in pts]
-            out[f"{pattern} step {step}"] = {"ns_per_param_fit": slope * 1e9, "intercept_s": my - slope * mx,
+            out[f"{pattern}, {'first' if step == 0 else 'ramp'} event, d_model {d}"] = {"ns_per_param_fit": slope * 1e9, "intercept_s": my - slope * mx,
                                              "ns_per_param_min": min(per) * 1e9, "ns_per_param_max": max(per) * 1e9}
     return out
 
@@ -132,12 +145,13 @@ def _plot(rows, path):
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for pattern in sorted({r["pattern"] for r in rows}):
+    for pattern, d in sorted({(r["pattern"], r["d_model"]) for r in rows}):
         for step, style in ((0, "o-"), (2, "s--")):
-            pts = [(r["params"] / 1e6, e) for r in rows if r["pattern"] == pattern for e in r["events"] if e["step"] == step]
+            pts = sorted(((r["params"] / 1e6, e) for r in rows if r["pattern"] == pattern and r["d_model"] == d
+                          for e in r["events"] if e["step"] == step), key=lambda item: item[0])
             if not pts:
                 continue
-            label = f"{pattern}, {'first' if step == 0 else 'ramp'} event"
+            label = f"{pattern}, {'first' if step == 0 else 'ramp'}, d={d}"
             left.plot([x for x, _ in pts], [e["seconds"] for _, e in pts], style, label=label)
             right.plot([x for x, _ in pts], [e["peak_extra_bytes_per_param"] for _, e in pts], style, label=label)
     right.axhline(1.2, color="red", linewidth=1, label="target: masks + 5% of params")
@@ -157,15 +171,22 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default="benchmarks/results/scale.json")
     parser.add_argument("--plot", default="docs/scale.png", help="matplotlib PNG ('' for none)")
+    parser.add_argument("--merge", help="a JSON this script wrote earlier: its rows join the table, fits and plot")
     parser.add_argument("--one", nargs=2, metavar=("SIZE", "PATTERN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         _one(*args.one, args.threads)
         return
-    rows = []
+    load_at_start = os.getloadavg()
+    rows, earlier = [], []
+    if args.merge:
+        with open(args.merge) as f:
+            earlier = json.load(f)["rows"]
     for size in args.sizes.split(","):
-        if size not in SIZES:
-            parser.error(f"unknown size {size!r}; accepted: {', '.join(SIZES)}")
+        try:
+            _parse(size)
+        except ValueError as error:
+            parser.error(str(error))
         for pattern in args.patterns.split(","):
             # every allocation of 64 KiB or more is its own mmap, returned to the system when freed: glibc's
             # default raises that threshold after frees, and memory it then keeps for reuse would let a later
@@ -176,7 +197,8 @@ def main():
             if done.returncode != 0:
                 raise SystemExit(f"{size} {pattern} failed:\n{done.stderr[-3000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(_table([rows[-1]]).splitlines()[-1] if len(rows) > 1 else _table(rows), flush=True)
+            print("\n".join(_table([rows[-1]]).splitlines()[2:]), flush=True)
+    rows = sorted(earlier + rows, key=lambda r: (r["d_model"], r["params"], r["pattern"]))
     slopes = _slopes(rows)
     print()
     print(_table(rows))
@@ -186,8 +208,11 @@ def main():
               f"per size {fit['ns_per_param_min']:.2f}..{fit['ns_per_param_max']:.2f} ns/param")
     load = os.getloadavg()
     meta = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "load_average_at_end": load, "threads": args.threads}
+            "load_average_at_start": load_at_start, "load_average_at_end": load, "threads": args.threads}
     if args.json:
+        if args.merge:
+            with open(args.merge) as f:
+                meta = {"earlier": json.load(f)["meta"], **meta}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows, "fits": slopes}, f, indent=1)
     if args.plot:
