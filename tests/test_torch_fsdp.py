@@ -189,27 +189,36 @@ def _check_selection(mesh, world, trials=3):
     return fails
 
 
-def _fsdp(model, world):
+def _fsdp(model, world, mesh=None):
     from torch.distributed.fsdp import fully_shard
     for layer in model:
         if any(True for _ in layer.parameters()):
-            fully_shard(layer)
-    fully_shard(model)
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model
 
 
 def _check_training(world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard
+
     fails = []
-    for kind, pattern in (("sgd", "unstructured"), ("sgd", "global"), ("adam", "2:4"), ("sgd", "bank4")):
+    runs = [("sgd", "unstructured", None), ("sgd", "global", None), ("adam", "2:4", None), ("sgd", "bank4", None)]
+    if world == 4:  # HSDP: 2 replicas of 2 shards (placements Replicate(), Shard(0))
+        runs.append(("sgd", "global", init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))))
+    for kind, pattern, mesh in runs:
         want_params, want_masks = _reference(kind, pattern)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = _fsdp(_net(), world)
+            model = _fsdp(_net(), world, mesh)
             opt = _optimizer(kind, model, pattern)
         scale = float(world) if dist.get_rank() == 0 else 0.0
         _train(model, opt, 0, STEPS, scale)
         params = dict(model.named_parameters())
-        fails += _compare(f"fsdp {kind} {pattern}", params, opt.pruning.masks, want_params, want_masks)
+        if mesh is not None and tuple(params["3.weight"].placements) != (Replicate(), Shard(0)):
+            fails.append(f"HSDP placements are {params['3.weight'].placements}")
+        fails += _compare(f"fsdp {kind} {pattern}{' hsdp' if mesh else ''}", params, opt.pruning.masks, want_params,
+                          want_masks)
         if opt.sparsity() != _reference.sparsity:  # counted over the shards, summed over the ranks
             fails.append(f"fsdp {kind} {pattern}: sparsity() {opt.sparsity()} != {_reference.sparsity}")
         # pruned entries' gradients are 0 after backward (the hook runs after FSDP's reduce-scatter)
