@@ -371,3 +371,18 @@ def test_resume_on_one_rank(tmp_path, checkpoint_dir):
     if not (checkpoint_dir / "fsdp").exists():
         pytest.skip("needs the checkpoint the two-rank test writes")
     assert _spawn(tmp_path, 1, checkpoint_dir, ("resume",)) == []
+
+
+def test_an_engine_pickled_before_fsdp2_support_still_prunes():
+    import prunekit.torch as pruning
+
+    model = torch.nn.Linear(8, 8)
+    opt = pruning.SGDSparse(model.named_parameters(), lr=0.1, target_sparsity=0.5)
+    engine = opt.pruning
+    state = engine.__getstate__()
+    del state["_sharded"]  # what an engine pickled by an earlier version holds
+    del engine._sharded
+    engine.__setstate__(state)
+    model(torch.randn(2, 8)).sum().backward()
+    opt.step()
+    assert opt.sparsity()[1] == 0.5

@@ -353,6 +353,7 @@ class PruningEngine:
     def __setstate__(self, state):
         kind = state.pop("compiled_event")
         inductor = state.pop("_compiled_inductor", True)
+        state.setdefault("_sharded", set())  # an engine pickled before FSDP2 support
         self.__dict__.update(state)
         self.compiled_event = None if kind is None else kind(inductor=inductor)
         self._fresh()
