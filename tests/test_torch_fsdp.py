@@ -9,7 +9,8 @@ Each spawned job runs many checks and returns the failures it found (process sta
   raises on every rank;
 * training under FSDP2 ends bit-identical (weights and masks) to a single-process run;
 * ``torch.distributed.checkpoint`` of model and optimizer under FSDP2 and DDP, saved on 2 ranks mid-ramp
-  and resumed on 2, 4 and 1 ranks, ends bit-identical to the run that never stopped.
+  and resumed on 2, 4 and 1 ranks, ends bit-identical to the run that never stopped; a full (unsharded)
+  optimizer state dict of the FSDP2 run loads into a plain single-process optimizer with whole masks.
 
 Runs on different numbers of ranks are comparable bit for bit because the data-parallel sum is made
 exact: every rank computes the same batch, rank 0's loss is scaled by the number of ranks (a power of 2)
@@ -175,6 +176,14 @@ def _check_selection(mesh, world, trials=3):
             fails.append("check_plan accepted blocks that straddle shards")
         except PlanError:
             pass
+    # a whole mask loaded for a sharded parameter is sliced to this rank's rows; a sharded one for a plain
+    # parameter is gathered
+    whole = torch.rand(7, 3, generator=g) > 0.5
+    sliced = D.as_local_mask(whole, _shard(torch.zeros(7, 3), mesh))
+    if not torch.equal(sliced.to_local(), _shard(whole, mesh).to_local()):
+        fails.append("a whole mask was not sliced to this rank's shard")
+    if not torch.equal(D.as_local_mask(_shard(whole, mesh), torch.zeros(7, 3)), whole):
+        fails.append("a sharded mask for a plain parameter was not gathered")
     # NaN on rank 0's shard only: every rank raises (no rank waits forever in a collective)
     w = torch.randn(8, 8)
     w[0, 0] = float("nan")
@@ -278,6 +287,25 @@ def _state(model, opt):
     return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
 
 
+def _check_full_state_dict(model, opt, want_masks):
+    """A full (unsharded) state dict of the FSDP2 run loads into a plain single-process optimizer: the masks
+    come out whole (what one exports after sharded training)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    full = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = _net()
+        plain_opt = _optimizer("sgd", plain, "global")
+    set_optimizer_state_dict(plain, plain_opt, full)
+    got = plain_opt.pruning.masks
+    if plain_opt.pruning.step_count != STEPS or set(got) != set(want_masks):
+        return [f"full state dict: step {plain_opt.pruning.step_count}, masks for {sorted(got)}"]
+    return [f"full state dict: mask of {n} differs" for n, m in want_masks.items()
+            if type(got[n]) is not torch.Tensor or not torch.equal(got[n], m)]
+
+
 def _check_checkpoints(world, ckpt_dir, save):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
@@ -295,6 +323,8 @@ def _check_checkpoints(world, ckpt_dir, save):
             _train(model, opt, SAVE_AT, STEPS, scale)  # the run that never stopped
             fails += _compare(f"{kind} uninterrupted on {world}", dict(module.named_parameters()), opt.pruning.masks,
                               want_params, want_masks)
+            if kind == "fsdp":
+                fails += _check_full_state_dict(model, opt, want_masks)
             model, opt = _build(kind, world)
             module = model if kind == "fsdp" else model.module
         state = _state(model, opt)
