@@ -14,6 +14,10 @@ One engine serves every torch entry point: the optimizers, :func:`attach` and th
   parameter's state the mask waits in the engine and ``state_dict()`` adds it (see docs/spec.md).
 * the model-level ``Prune`` (:class:`_DictStore`): one plain dict ``{"step", "masks", "restored"}``.
 
+Parameters that are ``DTensor`` shards (FSDP2's ``fully_shard``) have ``DTensor`` masks placed like them;
+their prune events go through :mod:`prunekit.torch.distributed` (each rank selects on its shard, with the
+single-process masks), and everything else here works on the local shards.
+
 Between prune events the gradients of pruned entries are zeroed as ``backward()`` accumulates them (a
 post-accumulate-grad hook on each pruned parameter, registered once it has a mask), so gradient
 clipping, logging and GradScaler's inf check see only the kept entries, and element-wise updates
