@@ -46,6 +46,7 @@ class NativeAdamStep:
                     continue
                 state = optimizer.state.get(p)
                 if (p.device.type != "cpu" or p.dtype != torch.float32 or p.grad.is_sparse or p.grad.dtype != p.dtype
+                        or type(p) not in (torch.nn.Parameter, torch.Tensor)  # a tensor subclass: FSDP2's DTensor
                         or not state or "exp_avg" not in state or not torch.is_tensor(state.get("step"))
                         or state["step"].device.type != "cpu"):
                     return None

@@ -136,7 +136,8 @@ class _CompiledStep:
                 if p in masks:
                     return None
                 continue
-            if p.grad.is_sparse or torch.is_complex(p):
+            if p.grad.is_sparse or torch.is_complex(p) or type(p) not in (torch.nn.Parameter, torch.Tensor):
+                # a tensor subclass (FSDP2's DTensor): the eager path
                 return None
             out.append((p, masks.get(p)))
         return out

@@ -14,6 +14,10 @@ One engine serves every torch entry point: the optimizers, :func:`attach` and th
   parameter's state the mask waits in the engine and ``state_dict()`` adds it (see docs/spec.md).
 * the model-level ``Prune`` (:class:`_DictStore`): one plain dict ``{"step", "masks", "restored"}``.
 
+Parameters that are ``DTensor`` shards (FSDP2's ``fully_shard``) have ``DTensor`` masks placed like them;
+their prune events go through :mod:`prunekit.torch.distributed` (each rank selects on its shard, with the
+single-process masks), and everything else here works on the local shards.
+
 Between prune events the gradients of pruned entries are zeroed as ``backward()`` accumulates them (a
 post-accumulate-grad hook on each pruned parameter, registered once it has a mask), so gradient
 clipping, logging and GradScaler's inf check see only the kept entries, and element-wise updates
@@ -31,6 +35,7 @@ from prunekit.core.plan import resolve_plan
 from prunekit.core.pruner import HostPruner
 from prunekit.errors import PlanError, PruningRuntimeError
 from prunekit.torch import _select
+from prunekit.torch import distributed as _dist
 
 __all__ = ["PruningEngine", "STATE_KEY", "MASK_KEY", "RESTORED_KEY", "STEP_KEY", "MASKED_KEY", "zero_pruned_", "mask_nbytes"]
 
@@ -68,7 +73,7 @@ def zero_pruned_(tensors, masks):
     by_mask = {}
     lib = None
     for t, m in zip(tensors, masks):
-        t = t.detach()
+        t, m = _dist.local(t.detach()), _dist.local(m)  # a DTensor shard and its mask's shard
         if _native_zeroable(t, m):
             if lib is None:
                 lib = native.kernels() or False
@@ -341,6 +346,11 @@ class PruningEngine:
         self._optimizer = optimizer
         self.plan = resolve_plan([(n, tuple(p.shape)) for n, p in named_params], config, named=named)
         self._specs = [(spec, self._params[spec.name]) for spec in self.plan]
+        #: names of the planned parameters that are DTensors (FSDP2): their events go through
+        #: :mod:`prunekit.torch.distributed`, which selects on each rank's shard
+        self._sharded = {spec.name for spec, p in self._specs if _dist.is_sharded(p)}
+        if self._sharded:
+            _dist.check_plan(self._specs)
         if optimizer is not None and owner is optimizer:
             self._store = _OptimizerStore(optimizer, {s.name: p for s, p in self._specs})
         else:
@@ -373,6 +383,7 @@ class PruningEngine:
     def __setstate__(self, state):
         kind = state.pop("compiled_event")
         inductor = state.pop("_compiled_inductor", True)
+        state.setdefault("_sharded", set())  # an engine pickled before FSDP2 support
         self.__dict__.update(state)
         self.compiled_event = None if kind is None else kind(inductor=inductor)
         self._fresh()
@@ -422,7 +433,7 @@ class PruningEngine:
             if not torch.is_tensor(mask) or tuple(mask.shape) != tuple(p.shape):
                 shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
                 raise PlanError(f"loaded mask for {name!r} has shape {shape}; the parameter has {tuple(p.shape)}")
-            fixed[name] = mask.to(device=p.device, dtype=torch.bool)
+            fixed[name] = _dist.as_local_mask(mask, p)
         self._store.store_loaded(step, fixed, restored)
         self._masks = None
         pairs = [(t, fixed[s.name]) for s, p in self._specs if s.name in fixed for t in self._state_tensors(p)]
@@ -458,7 +469,7 @@ class PruningEngine:
             p.grad = grad * mask
         else:
             zero_pruned_([grad], [mask])
-        self._grad_ok[name] = (weakref.ref(p.grad), p.grad._version)
+        self._grad_ok[name] = (weakref.ref(p.grad), _version(p.grad))
 
     @torch.no_grad()
     def mask_grads(self):
@@ -470,7 +481,7 @@ class PruningEngine:
             if mask is None or grad is None:
                 continue
             ok = self._grad_ok.get(spec.name)
-            if ok is not None and ok[0]() is grad and grad._version == ok[1]:
+            if ok is not None and ok[0]() is grad and _version(grad) == ok[1]:
                 continue
             if grad.is_sparse or grad.requires_grad:
                 self._mask_grad(spec.name, p)
@@ -481,7 +492,7 @@ class PruningEngine:
             zero_pruned_(dense, dense_masks)
             for spec, p in self._specs:
                 if p.grad is not None and any(p.grad is g for g in dense):
-                    self._grad_ok[spec.name] = (weakref.ref(p.grad), p.grad._version)
+                    self._grad_ok[spec.name] = (weakref.ref(p.grad), _version(p.grad))
 
     @torch.no_grad()
     def add_l1(self, grad_scale=None):
@@ -553,7 +564,7 @@ class PruningEngine:
             if mask is None:
                 continue
             seen = self._clean.get(spec.name)
-            if seen is None or seen != (p._version, p.data_ptr()):
+            if seen is None or seen != (_version(p), _dist.local(p).data_ptr()):
                 pairs.append((p, mask))
                 names.append(spec.name)
         if pairs:
@@ -563,7 +574,7 @@ class PruningEngine:
 
     def _note_clean(self, name):
         p = self._params[name]
-        self._clean[name] = (p._version, p.data_ptr())
+        self._clean[name] = (_version(p), _dist.local(p).data_ptr())
 
     @torch.no_grad()
     def after_update(self, masked=False):
@@ -610,6 +621,9 @@ class PruningEngine:
         new, grouped, zeroed, grads_zeroed = self._compiled_masks(step, old, restored, zero=not defer)
         new.update(grouped)
         global_specs = [(s, p) for s, p in self._specs if s.pattern.is_global]
+        if self._sharded:
+            new.update(self._sharded_masks(step, old, restored, global_specs))
+            global_specs = [] if any(s.name in new for s, _ in global_specs) else global_specs
         for spec, p in self._specs:
             if spec.pattern.is_global or spec.name in new:
                 continue
@@ -644,7 +658,7 @@ class PruningEngine:
             self._note_clean(name)
         p = self._params[name]
         if grad and p.grad is not None:
-            self._grad_ok[name] = (weakref.ref(p.grad), p.grad._version)
+            self._grad_ok[name] = (weakref.ref(p.grad), _version(p.grad))
         else:
             self._grad_ok.pop(name, None)
 
@@ -654,6 +668,24 @@ class PruningEngine:
         if g is None or g.is_sparse or g.requires_grad or g.shape != p.shape:
             return None
         return g
+
+    def _sharded_masks(self, step, old, restored, global_specs):
+        """Masks by name of the sharded tensors (and of the ``Global()`` set when one of them is sharded),
+        selected on each rank's shard by :func:`prunekit.torch.distributed.event_masks`."""
+        items = []
+        for spec, p in self._specs:
+            if spec.name in self._sharded and not spec.pattern.is_global:
+                sparsity = self._decide.sparsity_at(step, [spec.name], restored)
+                items.append((spec.name, p, sparsity, spec.pattern, old.get(spec.name)))
+        global_set = None
+        if any(s.name in self._sharded for s, _ in global_specs):
+            names = [s.name for s, _ in global_specs]
+            priors = [old[n] for n in names] if all(n in old for n in names) else None
+            global_set = (names, [p for _, p in global_specs], self._decide.sparsity_at(step, names, restored), priors)
+        try:
+            return _dist.event_masks(items, global_set)
+        except _select.NonFiniteWeights as error:
+            raise self._non_finite(error.args[0]) from None
 
     def _compiled_masks(self, step, old, restored, zero):
         """Masks by name from the compiled event: ``(whole tensors, grouped patterns, names whose weights and
@@ -665,7 +697,7 @@ class PruningEngine:
             return {}, {}, set(), set()
         by_device = defaultdict(lambda: ([], [], [], [], [], [], []))
         for spec, p in self._specs:
-            if spec.pattern.is_global:
+            if spec.pattern.is_global or spec.name in self._sharded:
                 continue
             items, names, groups, group_names, blocks, block_names, with_grad = by_device[p.device]
             layout = spec.pattern.layout(tuple(p.shape))
@@ -716,7 +748,9 @@ class PruningEngine:
         masks, restored = {}, {}
         for spec, p in self._specs:
             masks[spec.name] = p.detach() != 0
-            restored[spec.name] = 1.0 - int(masks[spec.name].sum()) / max(1, p.numel())
+        kept = _dist.counts([(_dist.local(masks[s.name]), p) for s, p in self._specs])
+        for (spec, p), k in zip(self._specs, kept):
+            restored[spec.name] = 1.0 - k / max(1, p.numel())
         self._store.put(restored=restored)
         self._install(masks)
 
@@ -750,8 +784,9 @@ class PruningEngine:
     def sparsity(self):
         """``(per_tensor, total)``: zeros / elements of each planned tensor, and overall by size."""
         per, zeros, total = {}, 0, 0
-        for spec, p in self._specs:
-            z = int((p.detach() == 0).sum())
+        # a DTensor's zeros are counted on each shard and summed over the ranks
+        found = _dist.counts([(_dist.local(p.detach()) == 0, p) for _, p in self._specs])
+        for (spec, p), z in zip(self._specs, found):
             per[spec.name] = z / max(1, p.numel())
             zeros, total = zeros + z, total + p.numel()
         return per, (zeros / total if total else 0.0)
@@ -771,6 +806,11 @@ def _masked_sparse(grad, mask):
 
 def mask_nbytes(engine):
     """Bytes held by the engine's masks (1 per pruned-tensor element)."""
-    return sum(m.numel() * m.element_size() for m in engine.masks.values())
+    return sum(_dist.local(m).numel() * m.element_size() for m in engine.masks.values())
+
+
+def _version(t):
+    """The version counter that in-place changes bump (a DTensor's: its local shard's)."""
+    return _dist.local(t)._version
 
 
