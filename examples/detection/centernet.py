@@ -110,7 +110,7 @@ def loss(outputs, batch):
     size_loss = (F.l1_loss(_gather(size, batch["index"]), batch["size"], reduction="none") * mask).sum() / objects
     offset_loss = (F.l1_loss(_gather(offset, batch["index"]), batch["offset"], reduction="none") * mask).sum() / objects
     total = heat_loss + 0.1 * size_loss + offset_loss
-    return total, {"heat": float(heat_loss), "size": float(size_loss), "offset": float(offset_loss)}
+    return total, {"heat": heat_loss.item(), "size": size_loss.item(), "offset": offset_loss.item()}
 
 
 @torch.no_grad()

@@ -115,8 +115,8 @@ def run(args):
                 print(f"  epoch {epoch + 1}/{args.epochs} step {step}/{total} loss {float(value):.4f} "
                       f"(heat {part['heat']:.3f} size {part['size']:.3f} offset {part['offset']:.3f}) "
                       f"sparsity {optimizer.sparsity()[1]:.4f} {time.time() - started:.0f}s", flush=True)
-        row = {"epoch": epoch + 1, "step": step,
-               "loss": {k: float(np.mean([p[k] for p in parts])) for k in ("heat", "size", "offset")} if parts else None}
+        mean = {k: float(np.mean([p[k] for p in parts])) for k in ("heat", "size", "offset")} if parts else None
+        row = {"epoch": epoch + 1, "step": step, "loss": mean}
         history.append(row)
         if step >= total:
             break
