@@ -16,6 +16,7 @@ pytest.importorskip("sklearn")  # the offline object source: scikit-learn's digi
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 DETECTION = os.path.join(ROOT, "examples", "detection")
 RESNETS = ["small-resnet-fashion-mnist-dense", "small-resnet-fashion-mnist-95"]
+DETECTORS = ["centernet-fashion-mnist-dense", "centernet-fashion-mnist-80"]
 
 
 def _example(name, folder=DETECTION):
@@ -135,7 +136,7 @@ def test_detection_example_trains_prunes_and_evaluates_end_to_end(tmp_path):
     pytest.importorskip("pycocotools")
     train = _example("train")
     out = tmp_path / "s.json"
-    args = ["--source", "digits", "--train-images", "32", "--test-images", "8", "--canvas", "32", "--batch-size", "8",
+    args = ["--source", "digits", "--train-images", "16", "--test-images", "4", "--canvas", "32", "--batch-size", "4",
             "--epochs", "1", "--max-steps", "4", "--ramp-fraction", "0.25", "--cache", str(tmp_path / "cache"),
             "--width", "16", "--json", str(out), "--quiet"]
     assert train.main(args + ["--target-sparsity", "0.8"]) == 0
@@ -146,3 +147,26 @@ def test_detection_example_trains_prunes_and_evaluates_end_to_end(tmp_path):
     assert train.main(args + ["--backbone", RESNETS[1], "--keep-backbone-zeros"]) == 0  # read from the cache
     summary = json.loads(out.read_text())
     assert summary["pruned_tensors_sparsity"] == pytest.approx(zoo.info(RESNETS[1]).sparsity, abs=1e-3)
+
+
+def test_detection_entries_build_three_headed_models_the_decoder_reads():
+    import dataclasses
+
+    from prunekit.zoo import detection
+    assert [e.name for e in zoo.list("detection") if not e.user_weights] == DETECTORS
+    dense, sparse = (zoo.info(n) for n in DETECTORS)
+    assert dense.sparsity == 0.0 and abs(sparse.sparsity - 0.8) < 1e-3 and sparse.pruned
+    assert not any("stem" in n or "neck" in n or "heatmap" in n for n in sparse.pruned)
+    for e in (dense, sparse):
+        assert e.task == "detection" and set(e.metrics) == {"map", "map50"} and e.dataset == detection.DATASET
+        assert 0 < e.metrics["map"] < e.metrics["map50"] <= 1 and e.input["size"] == [64, 64]
+    images = np.random.default_rng(0).integers(0, 256, (2, 1, 64, 64)).astype(np.uint8)
+    with torch.no_grad():
+        heat, size, offset = zoo.load(sparse.name).eval()(sparse.transforms()(torch.from_numpy(images)))
+    assert heat.shape == size.shape == offset.shape == (2, 2, 16, 16)
+    assert 0 <= float(heat.min()) <= float(heat.max()) <= 1
+    found = detection.decode(heat, size, offset, top_k=5, image_ids=[7, 8])
+    assert found and {d["image_id"] for d in found} <= {7, 8} and all(len(d["bbox"]) == 4 for d in found)
+    with pytest.raises(zoo.ZooError, match="re-measured on 'fashion-mnist-detection'"):
+        from prunekit.zoo.measure import evaluate
+        evaluate(dataclasses.replace(sparse, dataset="coco"), limit=2)

@@ -6,20 +6,19 @@ after a sigmoid), the box size and the centre's sub-cell offset (2 channels each
 
 Training targets: a Gaussian peak (value 1 at the centre's cell) per object on its class's heat map,
 the size and offset at that cell. Losses: CenterNet's penalty-reduced focal loss on the heat map, L1 on
-size (weight 0.1) and offset (weight 1) at object centres. Decoding: a cell is a peak when it equals the
-3x3 max-pool of the heat map; the top K peaks over all classes become boxes. Evaluation: pycocotools'
-COCOeval (bbox) on the COCO annotations, AP (0.50:0.95) and AP50.
+size (weight 0.1) and offset (weight 1) at object centres. Decoding (a cell is a peak when it equals the
+3x3 max-pool of the heat map; the top K peaks over all classes become boxes) and evaluation (pycocotools'
+COCOeval, bbox, AP at 0.50:0.95 and AP50) are prunekit's (:mod:`prunekit.zoo.detection`), which the zoo
+uses to re-measure its detection entries.
 """
-
-import contextlib
-import io
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-STRIDE = 4
+from prunekit.zoo.detection import STRIDE, coco_eval, decode, predict  # noqa: F401 (this example's API)
+from prunekit.zoo.detection import gather as _gather
 
 
 class CenterNet(nn.Module):
@@ -88,13 +87,6 @@ def targets(coco, canvas, classes=2, max_objects=None):
     return {"heat": heat, "index": index, "size": size, "offset": offset, "mask": mask}
 
 
-def _gather(maps, index):
-    """``maps (N, 2, H, W)`` at flat cells ``index (N, K)`` -> ``(N, K, 2)``."""
-    n, c = maps.shape[:2]
-    flat = maps.reshape(n, c, -1)
-    return flat.gather(2, index[:, None, :].expand(n, c, index.shape[1])).permute(0, 2, 1)
-
-
 def loss(outputs, batch):
     """``(total, {"heat", "size", "offset"})`` for one batch of targets (torch tensors)."""
     heat, size, offset = outputs
@@ -111,59 +103,3 @@ def loss(outputs, batch):
     offset_loss = (F.l1_loss(_gather(offset, batch["index"]), batch["offset"], reduction="none") * mask).sum() / objects
     total = heat_loss + 0.1 * size_loss + offset_loss
     return total, {"heat": heat_loss.item(), "size": size_loss.item(), "offset": offset_loss.item()}
-
-
-@torch.no_grad()
-def decode(heat, size, offset, top_k=20, image_ids=None):
-    """COCO detections ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]`` (input pixels).
-
-    Peaks: cells equal to the 3x3 max-pool of their heat map; the ``top_k`` highest over all classes of
-    an image become boxes (centre = cell + offset, side = size, times the stride)."""
-    n, classes, h, w = heat.shape
-    peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat).float()
-    scores, flat = peaks.reshape(n, -1).topk(min(top_k, classes * h * w))
-    category, cell = flat // (h * w), flat % (h * w)
-    wh, off = _gather(size, cell), _gather(offset, cell)
-    cx = (cell % w).float() + off[..., 0]
-    cy = torch.div(cell, w, rounding_mode="floor").float() + off[..., 1]
-    bw, bh = wh[..., 0].clamp(min=0), wh[..., 1].clamp(min=0)
-    boxes = torch.stack([cx - bw / 2, cy - bh / 2, bw, bh], -1) * STRIDE
-    ids = list(range(1, n + 1)) if image_ids is None else list(image_ids)
-    results = []
-    for i in range(n):
-        for s, c, box in zip(scores[i].tolist(), category[i].tolist(), boxes[i].tolist()):
-            if s > 0:
-                results.append({"image_id": int(ids[i]), "category_id": int(c) + 1,
-                                "bbox": [round(v, 3) for v in box], "score": round(s, 5)})
-    return results
-
-
-def coco_eval(coco, detections, quiet=True):
-    """pycocotools' bbox evaluation: ``{"map": AP@[.50:.95], "map50": AP@.50}`` (0 for no detections)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-        gt = COCO()
-        gt.dataset = {k: v for k, v in coco.items()}
-        gt.createIndex()
-        if not detections:
-            return {"map": 0.0, "map50": 0.0}
-        dt = gt.loadRes([dict(d) for d in detections])
-        evaluator = COCOeval(gt, dt, "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {"map": float(evaluator.stats[0]), "map50": float(evaluator.stats[1])}
-
-
-@torch.no_grad()
-def predict(model, transform, images, coco, batch=200, top_k=20):
-    """Detections of ``model`` on uint8 ``images`` whose ids are ``coco["images"]``'s, in order."""
-    model.eval()
-    ids = [im["id"] for im in coco["images"]]
-    found = []
-    for i in range(0, len(images), batch):
-        heat, size, offset = model(transform(torch.from_numpy(images[i:i + batch])))
-        found += decode(heat, size, offset, top_k, ids[i:i + batch])
-    model.train()
-    return found

@@ -3,15 +3,17 @@ evaluate it with pycocotools (AP, AP50), as the seed's section 3.2 fine-tuned it
 
     # dense: the zoo's dense small ResNet as the backbone, nothing pruned
     nice -n 10 python examples/detection/train.py --target-sparsity 0 --json runs/detection/dense.json
-    # sparse: the same recipe, the backbone's convs pruned to 80% on a cubic schedule over the first 40%
+    # sparse: the same recipe, the backbone's convs pruned to 80% on a cubic schedule over the first 25%
     # of the steps, then kept at those zeros (the masks stop changing after the ramp)
     nice -n 10 python examples/detection/train.py --target-sparsity 0.8 --json runs/detection/sparse80.json
     # or keep the zeros of an already sparse zoo backbone (restore_sparsity=True, fix_sparsity=True)
     python examples/detection/train.py --backbone small-resnet-fashion-mnist-95 --keep-backbone-zeros
 
-The backbone is a zoo classification entry cut before its global average pooling (stride 8); the
-neck, heads, the backbone's stem conv, biases and batch-norm stay dense. Optimizer: prunekit's AdamSparse
-(the same class for every run, with target 0 for the dense one), cosine learning-rate decay. Prints
+The zoo holds the two detectors the first two commands train (``centernet-fashion-mnist-dense`` and
+``-80``, rebuilt by scripts/build_zoo.py). The backbone is a zoo classification entry cut before its global
+average pooling (stride 8); the neck, heads, the backbone's stem conv, biases and batch-norm stay dense.
+Optimizer: prunekit's AdamSparse (the same class for every run, with target 0 for the dense one), cosine
+learning-rate decay. Prints
 progress; ``--json`` writes a summary (AP, AP50, the backbone's sparsity, whether its zeros stayed put
 after the ramp, the command).
 """
@@ -19,6 +21,7 @@ after the ramp, the command).
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -60,7 +63,8 @@ def backbone_zeros(model):
             if n.startswith("backbone.") and p.dim() >= 2}
 
 
-def run(args):
+def run(args, argv=None):
+    """Train and evaluate; ``argv`` (the flags given) goes into the summary's command (default: sys.argv)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.time()
@@ -136,7 +140,9 @@ def run(args):
                "batch_size": args.batch_size, "lr": args.lr, "train_images": len(train_images),
                "test_images": len(test_images), "test_boxes": len(test_coco["annotations"]), "canvas": args.canvas,
                "source": args.source, "seed": args.seed, "seconds": round(time.time() - started, 1),
-               "history": history, "command": " ".join(["python", "examples/detection/train.py"] + sys.argv[1:])}
+               "history": history,
+               "command": shlex.join(["python", "examples/detection/train.py"] + list(sys.argv[1:] if argv is None
+                                                                                      else argv))}
     log(f"AP {metrics['map']:.4f}, AP50 {metrics['map50']:.4f} on {len(test_images)} test canvases; backbone "
         f"sparsity {summary['backbone_sparsity']:.4f} (pruned tensors {summary['pruned_tensors_sparsity']:.4f}); "
         f"same zeros since the ramp ended: {summary['same_zeros_after_ramp']}")
@@ -155,7 +161,8 @@ def parser():
     p.add_argument("--backbone", default="small-resnet-fashion-mnist-dense", help="a zoo classification entry "
                    "with a global average pooling (default %(default)s)")
     p.add_argument("--target-sparsity", type=float, default=0.0, help="prune the backbone's convs to this")
-    p.add_argument("--ramp-fraction", type=float, default=0.4, help="the pruning ramp's share of the steps")
+    p.add_argument("--ramp-fraction", type=float, default=0.25,
+                   help="the pruning ramp's share of the steps (default %(default)s)")
     p.add_argument("--keep-backbone-zeros", action="store_true",
                    help="restore_sparsity=True, fix_sparsity=True: keep a sparse backbone's zeros")
     p.add_argument("--train-images", type=int, default=6000)
@@ -167,7 +174,7 @@ def parser():
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--cache", default=os.path.join("runs", "detection", "data"),
                    help="cache the synthetic sets here ('' for none)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.0)
@@ -185,7 +192,7 @@ def parser():
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        run(args)
+        run(args, argv)
     except (ConfigError, OSError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
