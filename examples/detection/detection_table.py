@@ -3,7 +3,8 @@ its backbone pruned to 80% (a cubic ramp over the first 25% of the steps, then t
 recipe otherwise (same data, batches, seed, steps), evaluated with pycocotools on the same test canvases.
 
     nice -n 10 python examples/detection/detection_table.py     # writes benchmarks/results/detection.json
-    nice -n 10 python examples/detection/detection_table.py zoo80   # one row (dense, sparse80, zoo80) again
+    nice -n 10 python examples/detection/detection_table.py zoo80   # one row again (dense, sparse80, zoo80,
+                                                                    # sparse80-ramp50)
 
 The third row starts from the zoo's ``small-resnet-fashion-mnist-80`` (the backbone pruned to 80% on
 Fashion-MNIST classification) and keeps its zeros (``restore_sparsity=True, fix_sparsity=True``), as the
@@ -30,7 +31,9 @@ RUNS = os.path.join("runs", "detection")
 ROWS = [("dense", "dense", ["--target-sparsity", "0"]),
         ("backbone 80%", "sparse80", ["--target-sparsity", "0.8"]),
         ("zoo backbone 80%, zeros kept", "zoo80", ["--backbone", "small-resnet-fashion-mnist-80",
-                                                   "--keep-backbone-zeros"])]
+                                                   "--keep-backbone-zeros"]),
+        ("backbone 80%, ramp over the first half", "sparse80-ramp50", ["--target-sparsity", "0.8",
+                                                                       "--ramp-fraction", "0.5"])]
 COMMON = ["--seed", "0", "--threads", "1"]
 
 
