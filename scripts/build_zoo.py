@@ -74,7 +74,7 @@ TRAINED.update({
 })
 # Detection entries: CenterNet on the dense small ResNet above (examples/detection/train.py, the commands of
 # the detection table in docs/results.md), dense and with the backbone pruned to 80% on a ramp over the first
-# 25% of the steps then kept; measured on prunekit.zoo.detection.TEST_SET (1,000 test canvases).
+# half of the steps then kept; measured on prunekit.zoo.detection.TEST_SET (1,000 test canvases).
 # name -> train.py flags besides --seed and --threads
 DETECTION = {"centernet-fashion-mnist-dense": ["--target-sparsity", "0"],
              "centernet-fashion-mnist-80": ["--target-sparsity", "0.8"]}
@@ -162,7 +162,7 @@ def build_detection(name, runs_dir, smoke=False):
                       "prunekit.zoo.detection.decode. "
                       "Trained on 6,000 synthetic canvases (prunekit.zoo.detection.synthetic, train split, seed 0), "
                       "measured on TEST_SET (1,000 test canvases). "
-                      + ("Backbone convs (not the stem) pruned to 80% over the first 25% of the steps, then kept. "
+                      + ("Backbone convs (not the stem) pruned to 80% over the first half of the steps, then kept. "
                          if pruned else "Nothing pruned. ")
                       + f"Training log: AP {summary['map']:.4f}, AP50 {summary['map50']:.4f} as trained."}
     path = os.path.join(FILES, f"{name}.safetensors")

@@ -3,7 +3,7 @@ evaluate it with pycocotools (AP, AP50), as the seed's section 3.2 fine-tuned it
 
     # dense: the zoo's dense small ResNet as the backbone, nothing pruned
     nice -n 10 python examples/detection/train.py --target-sparsity 0 --json runs/detection/dense.json
-    # sparse: the same recipe, the backbone's convs pruned to 80% on a cubic schedule over the first 25%
+    # sparse: the same recipe, the backbone's convs pruned to 80% on a cubic schedule over the first 50%
     # of the steps, then kept at those zeros (the masks stop changing after the ramp)
     nice -n 10 python examples/detection/train.py --target-sparsity 0.8 --json runs/detection/sparse80.json
     # or keep the zeros of an already sparse zoo backbone (restore_sparsity=True, fix_sparsity=True)
@@ -161,7 +161,7 @@ def parser():
     p.add_argument("--backbone", default="small-resnet-fashion-mnist-dense", help="a zoo classification entry "
                    "with a global average pooling (default %(default)s)")
     p.add_argument("--target-sparsity", type=float, default=0.0, help="prune the backbone's convs to this")
-    p.add_argument("--ramp-fraction", type=float, default=0.25,
+    p.add_argument("--ramp-fraction", type=float, default=0.5,
                    help="the pruning ramp's share of the steps (default %(default)s)")
     p.add_argument("--keep-backbone-zeros", action="store_true",
                    help="restore_sparsity=True, fix_sparsity=True: keep a sparse backbone's zeros")
