@@ -170,3 +170,13 @@ def test_detection_entries_build_three_headed_models_the_decoder_reads():
     with pytest.raises(zoo.ZooError, match="re-measured on 'fashion-mnist-detection'"):
         from prunekit.zoo.measure import evaluate
         evaluate(dataclasses.replace(sparse, dataset="coco"), limit=2)
+
+
+def test_cli_keeps_the_small_resnets_stem_dense_by_default(capsys):
+    from prunekit.cli import main
+    assert main(["plan", "--model", "small-resnet", "--target-sparsity", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "layer1.0.conv1.weight" in out and "fc.weight" in out
+    assert not any(line.startswith("stem.0.weight") and "0.9000" in line for line in out.splitlines())
+    assert main(["plan", "--model", "small-resnet", "--keywords-no-sparse", "bias"]) == 0
+    assert any(line.startswith("stem.0.weight") and "0.9000" in line for line in capsys.readouterr().out.splitlines())
