@@ -180,3 +180,16 @@ def test_cli_keeps_the_small_resnets_stem_dense_by_default(capsys):
     assert not any(line.startswith("stem.0.weight") and "0.9000" in line for line in out.splitlines())
     assert main(["plan", "--model", "small-resnet", "--keywords-no-sparse", "bias"]) == 0
     assert any(line.startswith("stem.0.weight") and "0.9000" in line for line in capsys.readouterr().out.splitlines())
+
+
+def test_convert_takes_a_small_resnet_state_dict(tmp_path):
+    import prunekit.ir as ir
+    from prunekit.cli import main
+    from prunekit.torch.models import SmallResNet
+    model = SmallResNet(classes=4).eval()
+    torch.save(model.state_dict(), tmp_path / "r.pt")
+    assert main(["convert", str(tmp_path / "r.pt"), str(tmp_path / "r.json"), "--arch", "small-resnet"]) == 0
+    graph = ir.load(str(tmp_path / "r.json"), weights=str(tmp_path / "r.safetensors"))
+    assert len(graph.find(op="add")) == 3
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(ir.to_torch(graph).eval()(x), model(x))
