@@ -64,7 +64,8 @@ def test_index_is_valid_and_every_bundled_file_matches():
     assert {e.metrics_origin for e in published} == {registry.PUBLISHED}
     assert {(e.sparsity, tuple(e.metrics.values())) for e in published} == {(0.95, (0.746,)), (0.8, (0.31,))}
     assert {e.metrics_origin for e in TRAINED} == {registry.MEASURED}
-    assert sum(os.path.getsize(os.path.join(registry.FILES_DIR, f)) for f in os.listdir(registry.FILES_DIR)) < 5e6
+    # the bundled zoo stays small: 7.1 MB with the small ResNets and the two detectors
+    assert sum(os.path.getsize(os.path.join(registry.FILES_DIR, f)) for f in os.listdir(registry.FILES_DIR)) < 8e6
 
 
 def test_zoo_needs_numpy_only():
@@ -255,9 +256,15 @@ def test_transforms_numpy_and_torch_agree_and_reject_bad_input():
 @pytest.mark.parametrize("entry", TRAINED, ids=[e.name for e in TRAINED])
 def test_transforms_and_model_reproduce_the_claimed_metric_on_a_slice(entry):
     pytest.importorskip("torch")
+    if entry.task == "detection":
+        pytest.importorskip("pycocotools")
     measured = zoo.evaluate(entry.name, limit=entry.check["first"])
     assert measured["examples"] == entry.check["first"]
-    assert measured["top1"] == pytest.approx(entry.check["top1"], abs=1.01 / entry.check["first"])
+    keys = [k for k in ("top1", "map", "map50") if k in entry.check]
+    assert keys and set(keys) == set(entry.metrics)
+    for key in keys:  # one image's worth for accuracy; AP is re-measured on the same canvases, deterministically
+        tolerance = 1.01 / entry.check["first"] if key == "top1" else 2e-3
+        assert measured[key] == pytest.approx(entry.check[key], abs=tolerance), key
 
 
 def test_onnx_build_matches_torch():

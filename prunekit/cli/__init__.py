@@ -70,7 +70,8 @@ def _add_pruning_flags(p, target_default):
     g.add_argument("--frequency", type=float, default=None, help="default: steps per epoch / 5")
     g.add_argument("--init-sparsity", type=float, default=0.0)
     g.add_argument("--keywords-no-sparse", type=_comma_list, default=None,
-                   help="comma-separated substrings; default for seed-cnn: bias,beta,gamma,conv1.")
+                   help="comma-separated substrings; default for seed-cnn: bias,beta,gamma,conv1.; for "
+                        "small-resnet: bias,beta,gamma,stem.")
     g.add_argument("--special-sparsity-dict", type=_special, default=None, metavar="NAME=S,...")
     g.add_argument("--pattern", default=None,
                    help="unstructured (default), global, bank<B>, <N>:<M>, block<R>x<C>")
@@ -89,7 +90,7 @@ def _add_training_flags(p, epochs=(3, 6, 3)):
     g.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default), mnist, digits, synthetic")
     g.add_argument("--data-root", default=None, help="a directory with the IDX files (else the usual places)")
     g.add_argument("--download", action="store_true", help="allow a torchvision download")
-    g.add_argument("--model", default="seed-cnn", help="seed-cnn (default), resnet18")
+    g.add_argument("--model", default="seed-cnn", help="seed-cnn (default), small-resnet, resnet18")
     g.add_argument("--optimizer", default="sgd", help="sgd (default), adam, adamw")
     g.add_argument("--lr", type=float, default=0.05, help="default %(default)s, cosine decay to 0")
     g.add_argument("--momentum", type=float, default=0.9, help="default %(default)s (sgd)")
@@ -152,7 +153,7 @@ def build_parser():
 
 def _prune_args(args, model):
     from prunekit.core import parse_pattern
-    from prunekit.torch.models import SEED_CNN_DENSE
+    from prunekit.torch.models import SEED_CNN_DENSE, SMALL_RESNET_DENSE
     target = args.target_sparsity
     fixed = parse_pattern(args.pattern).fixed_sparsity if args.pattern else None
     if target is None and fixed is None:
@@ -166,8 +167,8 @@ def _prune_args(args, model):
         if value is not None:
             prune[name] = value
     keywords = args.keywords_no_sparse
-    if keywords is None and model == "seed-cnn":
-        keywords = list(SEED_CNN_DENSE)
+    if keywords is None and model in ("seed-cnn", "small-resnet"):
+        keywords = list(SEED_CNN_DENSE if model == "seed-cnn" else SMALL_RESNET_DENSE)
     if keywords is not None:
         prune["keywords_no_sparse"] = keywords
     return prune

@@ -29,7 +29,7 @@ def add_parsers(sub):
                    "from its shapes (graphs that come without weights)")
     p.add_argument("--out-weights", default=None, help="weights file of an IR destination "
                    "(default: DST with .safetensors)")
-    p.add_argument("--arch", default=None, help="architecture of a .pt source: a prunekit model (seed-cnn; "
+    p.add_argument("--arch", default=None, help="architecture of a .pt source: a prunekit model (seed-cnn, small-resnet; "
                    "a prunekit checkpoint names its own) or a torchvision model (resnet50, resnet18, ...)")
     p.add_argument("--num-classes", type=int, default=None, help="classes of --arch (default: from the checkpoint)")
     p.add_argument("--input-shape", default=None, help="N,C,H,W of the model's input (default for a .pt: "
@@ -102,8 +102,9 @@ def _build(arch, recorded, state, num_classes):
         raise ConfigError(f"the checkpoint is a prunekit {recorded!r} run; --arch says {arch!r} (leave it out)")
     arch = arch or recorded
     if arch is None:
-        raise ConfigError("a state_dict needs --arch: a prunekit model (seed-cnn) or a torchvision model (resnet50)")
-    if recorded or arch == "seed-cnn":
+        raise ConfigError("a state_dict needs --arch: a prunekit model (seed-cnn, small-resnet) or a torchvision "
+                          "model (resnet50)")
+    if recorded or arch in ("seed-cnn", "small-resnet"):
         if arch not in MODELS:
             raise ConfigError(f"unknown prunekit model {arch!r}; accepted: {', '.join(MODELS)}")
         head = _last_linear(build_model(arch, 10))

@@ -42,9 +42,9 @@ def _list(args):
     if args.json:
         print(json.dumps([e.to_json() for e in found], indent=1))
         return 0
-    print(f"{'name':<40} {'task':<14} {'dataset':<18} {'pattern':<12} {'sparsity':>8}  metric")
+    print(f"{'name':<40} {'task':<14} {'dataset':<24} {'pattern':<12} {'sparsity':>8}  metric")
     for e in found:
-        print(f"{e.name:<40} {e.task:<14} {e.dataset:<18} {e.pattern:<12} {e.sparsity:>8.4f}  {_metric(e)}")
+        print(f"{e.name:<40} {e.task:<14} {e.dataset:<24} {e.pattern:<12} {e.sparsity:>8.4f}  {_metric(e)}")
     if any(e.metrics_origin != "measured here" for e in found):
         print("* published by the original tool, not reproduced here; its weights are supplied by the user")
     return 0

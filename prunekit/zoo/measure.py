@@ -32,11 +32,15 @@ def evaluate(entry, limit=None, data_root=None, batch_size=500, model=None):
     import torch
 
     from prunekit import zoo
-    if entry.task != "classification":
-        raise ZooError(f"{entry.name}: re-measuring a {entry.task} metric is not built yet")
     if entry.metrics_origin != MEASURED:
         raise ZooError(f"{entry.name}: its figure was {entry.metrics_origin} on {entry.dataset}, which "
                        f"prunekit cannot load; it cannot be re-measured here")
+    if entry.task == "detection":
+        from prunekit.zoo import detection
+        if entry.dataset != detection.DATASET:
+            raise ZooError(f"{entry.name}: detection entries are re-measured on {detection.DATASET!r}; this one "
+                           f"was trained on {entry.dataset!r}")
+        return detection.evaluate(entry, limit=limit, data_root=data_root, model=model)
     images, labels = held_out_images(entry.dataset, limit, data_root)
     model = model if model is not None else zoo.load(entry.name)
     model.eval()
