@@ -43,11 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["kernels", "select_masks", "zero_where", "group_masks", "block_scores", "SAMPLE_STRIDE", "SIGMAS", "sample_ranks", "rank_band"]
+__all__ = ["kernels", "select_masks", "zero_where", "block_expand", "group_masks", "block_scores", "SAMPLE_STRIDE", "SIGMAS", "sample_ranks", "rank_band"]
 
 SAMPLE_STRIDE = 17  # prime, so the sample does not line up with a kernel or channel period
 SIGMAS = 3.5
-_ABI = 9
+_ABI = 10
 _BINS = 1 << 16
 _CHUNK = 64  # CHUNK in select.c
 _SOURCE = Path(__file__).with_name("_native") / "select.c"
@@ -147,6 +147,8 @@ def _load():
     lib.pk_mask.restype = i64
     lib.pk_mask.argtypes = [ptr, i64, ctypes.c_uint32, i64, ptr, ptr, i64]
     lib.pk_zero.restype = None
+    lib.pk_block_expand.restype = i64
+    lib.pk_block_expand.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, i64]
     lib.pk_zero.argtypes = [ptr, i64, ptr, i64]
     lib.pk_groups.restype = i64
     lib.pk_groups.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr]
@@ -339,6 +341,34 @@ def block_scores(weights, blocks, priors, threads=1):
                              "expected blocks dividing axes 0 and 1")
         jobs.append((w, int(r), int(c), prior))
     return _run(jobs, _block_one, threads)
+
+
+def block_expand(kept, blocks, priors, outs, zero=None, threads=1):
+    """Entry masks from block decisions (:func:`block_scores`' order), one job per tensor: ``kept[i]``
+    uint8 (1 = the block stays), ``blocks[i]`` its ``(r, c)``, ``priors``: None or uint8 entry masks to AND
+    with, ``outs[i]``: C-contiguous uint8 arrays ``(out, in, *spatial)`` to write; ``zero``: None or, per
+    tensor, arrays of its size (4-byte entries) that get +0.0 where the mask is 0, in the same pass.
+    Returns how many entries each mask keeps."""
+    jobs = []
+    for i, (k, (r, c), out) in enumerate(zip(kept, blocks, outs)):
+        prior = None if priors is None else priors[i]
+        rows, cols = out.shape[0], out.shape[1]
+        spatial = out[0, 0].size
+        if (out.dtype != np.uint8 or not out.flags.c_contiguous or rows % r or cols % c
+                or k.dtype != np.uint8 or k.size != spatial * (rows // r) * (cols // c)
+                or (prior is not None and (prior.dtype != np.uint8 or prior.size != out.size or not prior.flags.c_contiguous))):
+            raise ValueError(f"prunekit: block_expand got an unusable tensor #{i} (mask {out.dtype} {out.shape}, "
+                             f"{k.size} block decisions of {r}x{c})")
+        arrays = [] if zero is None else list(zero[i])
+        _check_zero(i, out.size, arrays)
+        jobs.append((out, np.ascontiguousarray(k), int(r), int(c), prior, arrays))
+
+    def work(lib, out, k, r, c, prior, arrays):
+        return lib.pk_block_expand(k.ctypes.data, out.shape[0], out.shape[1], out[0, 0].size, r, c,
+                                   None if prior is None else prior.ctypes.data, out.ctypes.data,
+                                   _pointers(arrays), len(arrays))
+
+    return _run(jobs, work, threads)
 
 
 _SPLIT = 1 << 20  # entries per job of an update or a zeroing: big tensors split, so two threads share them evenly

@@ -387,31 +387,51 @@ class CompiledPruneEvent:
 
     @torch.no_grad()
     def blocks(self, items):
-        """``items``: ``[(weight, sparsity, prior or None, layout)]`` with ``Block`` layouts. Returns
-        ``{index: mask}``. The native kernels score the blocks (the pass that dominated the eager event);
-        the eager selection ranks the scores. Nothing is zeroed here; a tensor holding NaN or inf is left
-        to the eager path, which reports it."""
+        """``items``: ``[(weight, sparsity, prior or None, layout, tensors to zero)]`` with ``Block`` layouts.
+        Returns ``{index: mask}``. The native kernels score the blocks (the pass that dominated the eager
+        event), the eager selection ranks the scores, and a native pass expands the block decisions to the
+        entry mask, zeroing the given tensors (float32, contiguous, the weight's size) where it is 0. A
+        tensor holding NaN or inf is left to the eager path, which reports it, with nothing zeroed."""
         from prunekit.torch import _select
+        from prunekit.torch.engine import _native_zeroable
 
         if not items:
             return {}
-        weights = [w.detach() for w, _, _, _ in items]
-        priors = [None if p is None else p.contiguous().view(torch.uint8).numpy() for _, _, p, _ in items]
-        scored = native.block_scores([w.numpy() for w in weights], [layout.block for *_, layout in items], priors,
-                                     threads=torch.get_num_threads())
-        masks = {}
-        for i, ((w, sparsity, prior, layout), (scores, kept)) in enumerate(zip(items, scored)):
+        weights = [w.detach() for w, *_ in items]
+        priors = [None if p is None else p.contiguous().view(torch.uint8).numpy() for _, _, p, _, _ in items]
+        scored = native.block_scores([w.numpy() for w in weights], [layout.block for _, _, _, layout, _ in items],
+                                     priors, threads=torch.get_num_threads())
+        chosen, todo = {}, []
+        for i, ((w, sparsity, prior, layout, _), (scores, kept)) in enumerate(zip(items, scored)):
             if not np.isfinite(scores).all():
                 continue
             scores = torch.from_numpy(scores).view(1, -1)
             kept_before = None if prior is None else torch.from_numpy(kept).view(1, -1).bool()
-            chosen = _select._select(scores, prune_count(sparsity, scores.shape[1]), kept_before)
-            mask = _select._from_groups(chosen, layout, tuple(w.shape))
-            masks[i] = mask & prior if prior is not None else mask
-        if masks:
-            self.events += 1
-            self.native_events += 1
-        return masks
+            chosen[i] = _select._select(scores, prune_count(sparsity, scores.shape[1]), kept_before)
+            todo.append(i)
+        if not todo:
+            return {}
+        outs = {i: torch.empty(weights[i].shape, dtype=torch.uint8) for i in todo}
+        inline, rest = [], []  # per tensor: what the expansion zeroes; what it cannot (another dtype)
+        for i in todo:
+            flags = outs[i].view(torch.bool)
+            ts = [t.detach() for t in items[i][4]]
+            inline.append([t for t in ts if _native_zeroable(t, flags)])
+            rest.extend((t, flags) for t in ts if not _native_zeroable(t, flags))
+        native.block_expand([chosen[i].contiguous().view(-1).to(torch.uint8).numpy() for i in todo],
+                            [items[i][3].block for i in todo], None if all(priors[i] is None for i in todo)
+                            else [priors[i] if priors[i] is not None else np.ones(outs[i].numel(), np.uint8) for i in todo],
+                            [outs[i].numpy() for i in todo], zero=[[t.numpy() for t in ts] for ts in inline],
+                            threads=torch.get_num_threads())
+        for ts in inline:  # written behind autograd's back: let it know, as an in-place op would
+            for t in ts:
+                torch.autograd.graph.increment_version(t)
+        if rest:
+            from prunekit.torch.engine import zero_pruned_
+            zero_pruned_(*zip(*rest))
+        self.events += 1
+        self.native_events += 1
+        return {i: outs[i].view(torch.bool) for i in todo}
 
     @staticmethod
     def _priors(items):

@@ -689,9 +689,10 @@ class PruningEngine:
 
     def _compiled_masks(self, step, old, restored, zero):
         """Masks by name from the compiled event: ``(whole tensors, grouped patterns, names whose weights and
-        state were zeroed, names whose gradients were)``. The native kernels (CPU) zero weights, state and
-        gradients in their mask pass always; inductor zeroes weights and state when ``zero``; grouped
-        patterns zero nothing. Tensors on different devices go separately."""
+        state were zeroed, names whose gradients were)``. On a CPU the native kernels zero weights, state and
+        gradients with the masks they decide, always (in the mask pass, in the blocks' expansion, or, for N:M
+        groups and banks, in one pass right after); inductor zeroes weights and state when ``zero``, and its
+        groups nothing. Tensors on different devices go separately."""
         compiled = self.compiled_event
         if compiled is None:
             return {}, {}, set(), set()
@@ -706,8 +707,8 @@ class PruningEngine:
                 groups.append((p, prune_count(sparsity, layout.group_size), old.get(spec.name), layout))
                 group_names.append(spec.name)
                 continue
-            if compiled.takes_blocks(p, layout):
-                blocks.append((p, sparsity, old.get(spec.name), layout))
+            if compiled.takes_blocks(p, layout):  # native only
+                blocks.append((p, sparsity, old.get(spec.name), layout, self._zero_targets(p)))
                 block_names.append(spec.name)
                 continue
             if not compiled.takes(p, layout):
@@ -731,9 +732,23 @@ class PruningEngine:
                 zeroed.update(decided)
             if inline:
                 grads_zeroed.update(n for n in with_grad if n in decided)
-            grouped.update((group_names[i], mask) for i, mask in compiled.groups(groups).items())
-            grouped.update((block_names[i], mask) for i, mask in compiled.blocks(blocks).items())
+            by_groups = {group_names[i]: mask for i, mask in compiled.groups(groups).items()}
+            if inline and by_groups:  # one pass per mask over weights, state and gradient together
+                pairs = [(t, mask) for name, mask in by_groups.items() for t in self._zero_targets(self._params[name])]
+                zero_pruned_(*zip(*pairs))
+                zeroed.update(by_groups)
+                grads_zeroed.update(by_groups)
+            grouped.update(by_groups)
+            by_blocks = {block_names[i]: mask for i, mask in compiled.blocks(blocks).items()}
+            zeroed.update(by_blocks)
+            grads_zeroed.update(by_blocks)
+            grouped.update(by_blocks)
         return done, grouped, zeroed, grads_zeroed
+
+    def _zero_targets(self, p):
+        """What a new mask of ``p`` zeroes: the weights, their optimizer state, a dense gradient."""
+        grad = self._plain_grad(p)
+        return [p] + self._state_tensors(p) + ([] if grad is None else [grad])
 
     def _state_tensors(self, p):
         """The optimizer's per-parameter tensors shaped like ``p`` (momentum, moments), zeroed with its mask."""

@@ -21,7 +21,7 @@
 #define BINS (1u << (31 - SHIFT))
 
 /* Bumped whenever a signature or a meaning changes (the loader checks it). */
-int pk_abi(void) { return 9; }
+int pk_abi(void) { return 10; }
 
 /* 1 when built with AVX2 and the CPU running it has AVX2 (asked with cpuid; nothing here executes AVX2
  * before this answers, so the library loads on any x86-64 CPU). */
@@ -541,6 +541,33 @@ int64_t pk_banks(const uint32_t *w, int64_t blocks, int64_t B, int64_t S, const 
                          : banks_chunk(w, base, cs, B, S, 1, prior, count, out, scratch, 0, 1);
         }
     return odd;
+}
+
+/* The entry mask of a weight (O, I, *spatial) (S spatial positions) from the decisions of its r x c blocks
+ * (kept[(s * (O / r) + o / r) * (I / c) + i / c], 0 or 1: pk_block_scores' order), ANDed with prior (if
+ * given: a previous entry mask); each output row's I * S entries are written, then the nzero arrays get
+ * +0.0 where the row's mask is 0. Returns how many entries stay. */
+int64_t pk_block_expand(const uint8_t *kept, int64_t O, int64_t I, int64_t S, int64_t r, int64_t c,
+                        const uint8_t *prior, uint8_t *out, uint32_t *const *zero, int64_t nzero)
+{
+    int64_t ob = O / r, ib = I / c, plane = ob * ib, stay = 0;
+    for (int64_t o = 0; o < O; o++) {
+        uint8_t *row = out + o * I * S;
+        const uint8_t *krow = kept + (o / r) * ib;
+        for (int64_t i = 0; i < I; i++) {
+            const uint8_t *k = krow + i / c;
+            uint8_t *dst = row + i * S;
+            for (int64_t s = 0; s < S; s++) dst[s] = k[s * plane];
+        }
+        if (prior) {
+            const uint8_t *prow = prior + o * I * S;
+            for (int64_t j = 0; j < I * S; j++) row[j] &= prow[j];
+        }
+        for (int64_t j = 0; j < I * S; j++) stay += row[j];
+        for (int64_t a = 0; a < I * S; a += ZCHUNK)
+            zero_span(row + a, I * S - a < ZCHUNK ? I * S - a : ZCHUNK, zero, nzero, o * I * S + a);
+    }
+    return stay;
 }
 
 /* -- blocks ---------------------------------------------------------------------------------------------
