@@ -364,9 +364,12 @@ def block_expand(kept, blocks, priors, outs, zero=None, threads=1):
         jobs.append((out, np.ascontiguousarray(k), int(r), int(c), prior, arrays))
 
     def work(lib, out, k, r, c, prior, arrays):
-        return lib.pk_block_expand(k.ctypes.data, out.shape[0], out.shape[1], out[0, 0].size, r, c,
+        stay = lib.pk_block_expand(k.ctypes.data, out.shape[0], out.shape[1], out[0, 0].size, r, c,
                                    None if prior is None else prior.ctypes.data, out.ctypes.data,
                                    _pointers(arrays), len(arrays))
+        if stay < 0:
+            raise MemoryError(f"prunekit: block_expand could not allocate {out[0].size} bytes")
+        return stay
 
     return _run(jobs, work, threads)
 

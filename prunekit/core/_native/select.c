@@ -546,27 +546,38 @@ int64_t pk_banks(const uint32_t *w, int64_t blocks, int64_t B, int64_t S, const 
 /* The entry mask of a weight (O, I, *spatial) (S spatial positions) from the decisions of its r x c blocks
  * (kept[(s * (O / r) + o / r) * (I / c) + i / c], 0 or 1: pk_block_scores' order), ANDed with prior (if
  * given: a previous entry mask); each output row's I * S entries are written, then the nzero arrays get
- * +0.0 where the row's mask is 0. Returns how many entries stay. */
+ * +0.0 where the row's mask is 0. Returns how many entries stay, or -1 when out of memory. */
 int64_t pk_block_expand(const uint8_t *kept, int64_t O, int64_t I, int64_t S, int64_t r, int64_t c,
                         const uint8_t *prior, uint8_t *out, uint32_t *const *zero, int64_t nzero)
 {
-    int64_t ob = O / r, ib = I / c, plane = ob * ib, stay = 0;
-    for (int64_t o = 0; o < O; o++) {
-        uint8_t *row = out + o * I * S;
-        const uint8_t *krow = kept + (o / r) * ib;
-        for (int64_t i = 0; i < I; i++) {
-            const uint8_t *k = krow + i / c;
-            uint8_t *dst = row + i * S;
-            for (int64_t s = 0; s < S; s++) dst[s] = k[s * plane];
+    int64_t ob = O / r, ib = I / c, plane = ob * ib, n = I * S, stay = 0;
+    uint8_t *base = malloc(n > 0 ? n : 1);  /* one block row's decisions spread over an output row */
+    if (!base) return -1;
+    for (int64_t q = 0; q < ob; q++) {
+        const uint8_t *krow = kept + q * ib;
+        for (int64_t s = 0; s < S; s++) {
+            const uint8_t *ks = krow + s * plane;
+            for (int64_t jb = 0; jb < ib; jb++) {
+                uint8_t v = ks[jb], *d = base + jb * c * S + s;
+                for (int64_t t = 0; t < c; t++) d[t * S] = v;
+            }
         }
-        if (prior) {
-            const uint8_t *prow = prior + o * I * S;
-            for (int64_t j = 0; j < I * S; j++) row[j] &= prow[j];
+        for (int64_t o = q * r; o < (q + 1) * r; o++) {
+            uint8_t *restrict row = out + o * n;
+            if (prior) {
+                const uint8_t *restrict p = prior + o * n;
+                for (int64_t j = 0; j < n; j++) row[j] = base[j] & p[j];
+            } else {
+                memcpy(row, base, n);
+            }
+            int64_t kept_row = 0;
+            for (int64_t j = 0; j < n; j++) kept_row += row[j];
+            stay += kept_row;
+            for (int64_t a = 0; a < n; a += ZCHUNK)
+                zero_span(row + a, n - a < ZCHUNK ? n - a : ZCHUNK, zero, nzero, o * n + a);
         }
-        for (int64_t j = 0; j < I * S; j++) stay += row[j];
-        for (int64_t a = 0; a < I * S; a += ZCHUNK)
-            zero_span(row + a, I * S - a < ZCHUNK ? I * S - a : ZCHUNK, zero, nzero, o * I * S + a);
     }
+    free(base);
     return stay;
 }
 
