@@ -183,7 +183,7 @@ def _pointers(arrays, start=0):
     return (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data + 4 * start for a in arrays])
 
 
-def _select_one(lib, keys, count, prior, out, zero):
+def _select_one(lib, keys, count, prior, out, zero=()):
     """Fill ``out`` with the mask of ``keys`` after pruning its ``count`` lowest, and zero the entries it
     prunes in the arrays ``zero``; False (nothing written) when the caller's exact path must decide."""
     n = keys.size
