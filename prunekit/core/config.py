@@ -153,6 +153,13 @@ class PruneConfig:
         exist, so nothing could regrow: the step is then magnitude pruning's, exactly."""
         return self.method != "magnitude" and not self.fix_sparsity
 
+    def refuse_regrowing(self, framework):
+        """A ConfigError when this configuration needs a regrowing method, which only PyTorch's optimizers run."""
+        if self.regrows:
+            raise ConfigError(f"method={self.method!r} is implemented for PyTorch only (prunekit.torch keeps the "
+                              f"dense weights in its optimizer state); {framework} supports method='magnitude' "
+                              "(with fix_sparsity=True every method is magnitude pruning, and is accepted)")
+
     @property
     def is_noop(self):
         """True when nothing will ever be pruned or changed: the base optimizer's behaviour, exactly."""
