@@ -19,12 +19,17 @@ import time
 
 METHODS = ("magnitude", "feedback", "sr-ste")
 TARGETS = {"u98": ["--target-sparsity", "0.98"], "u95": ["--target-sparsity", "0.95"], "nm24": ["--pattern", "2:4"],
-           "u90": ["--target-sparsity", "0.90"], "dense": ["--target-sparsity", "0"]}
+           "u90": ["--target-sparsity", "0.90"],
+           # layer budgets at 98%: ERK (Evci et al.) and one global threshold, against the uniform u98 rows
+           "u98erk": ["--target-sparsity", "0.98", "--pattern", "erk"],
+           "u98global": ["--target-sparsity", "0.98", "--pattern", "global"],
+           "dense": ["--target-sparsity", "0"]}
 SEEDS = (0, 1)
 
 
 def all_rows():
-    """``{key: flags}`` in priority order: 98% first (both seeds, every method), then 95%, 2:4, 90%, dense."""
+    """``{key: flags}`` in priority order: 98% first (both seeds, every method), then 95%, 2:4, 90%, the 98%
+    layer budgets (ERK, global), dense."""
     rows = {}
     for target, flags in TARGETS.items():
         methods = ("magnitude",) if target == "dense" else METHODS
