@@ -538,3 +538,19 @@ def test_method_arguments_are_checked():
         pruning.SGDSparse(params(), lr=0.1, target_sparsity=0.5, method="feedback", compile_step=True)
     opt = pruning.AdamSparse(params(), lr=0.1, target_sparsity=0.5, method="sr-ste")
     assert opt.pruning.config.sr_ste_decay == 2e-4 and opt.pruning.compiled_event is None
+
+
+def test_sr_ste_decays_only_the_pruned_entries_of_the_dense_weights():
+    """One SGD step at the one-shot event: SR-STE's dense weights are feedback's minus
+    ``lr * decay * w`` on the pruned entries, and equal on the kept ones."""
+    start = net()
+    w0 = start[0].weight.detach().clone()
+    dense = {}
+    for method, extra in (("feedback", {}), ("sr-ste", dict(sr_ste_decay=0.5))):
+        model = copy.deepcopy(start)
+        opt = pruning.SGDSparse(model.named_parameters(), lr=0.1, target_sparsity=0.5, method=method, **extra)
+        run(model, opt, data(1))
+        dense[method] = opt.state_dict()["state"][0]["prunekit_dense"]  # SGD without momentum: waiting state
+        mask = opt.pruning.masks["0.weight"]
+    assert torch.equal(dense["feedback"][mask], dense["sr-ste"][mask])
+    torch.testing.assert_close(dense["feedback"][~mask] - dense["sr-ste"][~mask], 0.1 * 0.5 * w0[~mask])
