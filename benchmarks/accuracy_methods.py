@@ -43,13 +43,20 @@ def all_rows():
     return rows
 
 
+def _history(summary):
+    """Per epoch: phase, training loss, test accuracy, sparsity (from the run's summary.json)."""
+    return [{k: h[k] for k in ("epoch", "phase", "loss", "test_acc", "sparsity")} for h in summary["history"]]
+
+
 def table(results):
-    lines = ["| row | method | seed | final test acc | sparsity (pruned tensors) | wall time (s) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| row | method | seed | final test acc | sparsity (pruned tensors) | training loss at the ramp's end | "
+             "wall time (s) |", "|---|---|---|---|---|---|---|"]
     for r in results:
         wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.0f}"
+        ramp = [h["loss"] for h in r.get("history", []) if h["phase"] == "ramp"]
+        loss = f"{ramp[-1]:.3f}" if ramp else "-"
         lines.append(f"| {r['target']} | {r['method']} | {r['seed']} | {r['final_test_acc']:.4f} | "
-                     f"{r['sparsity']:.4f} | {wall} |")
+                     f"{r['sparsity']:.4f} | {loss} | {wall} |")
     by = {}
     for r in results:
         by.setdefault((r["target"], r["method"]), []).append(r["final_test_acc"])
@@ -67,6 +74,8 @@ def main():
     parser.add_argument("--out", default="runs/methods")
     parser.add_argument("--json", default="benchmarks/results/accuracy_methods.json")
     parser.add_argument("--table", action="store_true", help="print the table of --json and stop")
+    parser.add_argument("--histories", action="store_true",
+                        help="add each recorded row's per-epoch history from its run directory where missing, and stop")
     parser.add_argument("--adopt", action="store_true",
                         help="record rows whose run directory already holds a finished summary.json (a run this "
                              "script started and was stopped while it ran) instead of running them again; their "
@@ -78,6 +87,15 @@ def main():
             results = json.load(f)
     if args.table:
         print(table(results))
+        return
+    if args.histories:
+        for r in results:
+            path = os.path.join(args.out, r["row"], "summary.json")
+            if "history" not in r and os.path.exists(path):
+                with open(path) as f:
+                    r["history"] = _history(json.load(f))
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
         return
     done = {r["row"] for r in results}
     for key in args.rows.split(","):
@@ -105,7 +123,8 @@ def main():
         results.append({"row": key, "target": target, "method": method, "seed": int(key.rsplit("-s", 1)[1]),
                         "command": shlex.join(cmd), "final_test_acc": s["final_test_acc"],
                         "best_test_acc": s["best_test_acc"], "sparsity": s["sparsity"],
-                        "per_tensor_sparsity": s["per_tensor_sparsity"], "wall_s": wall})
+                        "per_tensor_sparsity": s["per_tensor_sparsity"], "wall_s": wall,
+                        "history": _history(s)})
         os.makedirs(os.path.dirname(args.json), exist_ok=True)
         with open(args.json + ".tmp", "w") as f:
             json.dump(results, f, indent=2)
