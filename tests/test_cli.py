@@ -29,6 +29,7 @@ def test_plan_prints_targets_and_patterns(capsys):
     (["plan", "--frequency", "0"], "frequency must be >= 1"),
     (["report", "/no/such/file.pt"], "checkpoint '/no/such/file.pt' does not exist"),
     (["train", "--optimizer", "lion"] + TINY, "unknown optimizer 'lion'"),
+    (["plan", "--method", "rigl"], "method must be one of ['magnitude', 'feedback', 'sr-ste']; got 'rigl'"),
 ])
 def test_user_errors_are_one_line_and_exit_2(capsys, argv, message):
     assert main(argv) == 2
@@ -211,3 +212,16 @@ def test_report_of_weights_that_do_not_fit_the_recipe_is_a_clear_error():
     ckpt = {"model": torch.nn.Linear(3, 2).state_dict(), "recipe": {"model": "seed-cnn", "dataset": "synthetic"}}
     with pytest.raises(ConfigError, match="do not fit its recipe's model 'seed-cnn'"):
         checkpoint_report(ckpt)
+
+
+def test_method_and_erk_flags_reach_the_optimizer(tmp_path, capsys):
+    from prunekit.cli import _recipe, build_parser
+    from prunekit.torch import recipe as recipes
+    from prunekit.torch.models import SeedCNN
+    args = build_parser().parse_args(["train", *TINY, "--method", "sr-ste", "--sr-ste-decay", "1e-3",
+                                      "--out", str(tmp_path)])
+    opt = recipes._optimizer(_recipe(args), SeedCNN(), sparse=True, steps_per_epoch=8)
+    assert opt.pruning.config.method == "sr-ste" and opt.pruning.config.sr_ste_decay == 1e-3
+    assert main(["plan", "--pattern", "erk", "--target-sparsity", "0.98"]) == 0
+    out = capsys.readouterr().out
+    assert "ERK()" in out and "linear1.weight  10x1024      0.5282" in out

@@ -221,3 +221,32 @@ def test_core_imports_without_any_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 64), st.integers(1, 64), st.sampled_from([(), (1, 1), (3, 3)])),
+                min_size=1, max_size=5),
+       st.floats(0.01, 0.995))
+def test_erk_splits_one_target_with_exact_total_counts(shapes, target):
+    from prunekit.core.masks import reference_mask
+    from prunekit.core.pruner import HostPruner
+    named = [(f"l{i}.weight", (o, i_, *k)) for i, (o, i_, k) in enumerate(shapes)]
+    config = PruneConfig.from_kwargs(target_sparsity=target, pattern="erk")
+    plan = resolve_plan(named, config)
+    total = sum(int(np.prod(s)) for _, s in named)
+    pruned = sum(prune_count(spec.target, spec.numel) for spec in plan)
+    assert pruned == prune_count(target, total)  # the dense ones prune 0
+    # densities follow ERK: a smaller sum(shape)/prod(shape) never gets a lower target (up to one entry)
+    by = sorted(plan, key=lambda s: sum(s.shape) / s.numel)
+    assert all(a.target >= b.target - 1.0 / min(a.numel, b.numel) for a, b in zip(by, by[1:]))
+    masks = HostPruner(plan, config).masks(0, {s.name: np.random.default_rng(0).normal(size=s.shape) for s in plan})
+    assert sum(int((~m).sum()) for m in masks.values()) == prune_count(target, total)
+
+
+def test_erk_names_dense_tensors_and_leaves_special_targets_alone():
+    shapes = [("conv.weight", (64, 32, 3, 3)), ("fc.weight", (10, 64)), ("head.weight", (8, 64))]
+    plan = resolve_plan(shapes, PruneConfig.from_kwargs(target_sparsity=0.9, pattern="erk",
+                                                        special_sparsity_dict={"head.weight": 0.5}))
+    assert plan.names == ["conv.weight", "head.weight"] and ("fc.weight", (10, 64), "ERK() keeps it dense") in plan.dense
+    assert plan["head.weight"].target == 0.5 and plan["head.weight"].pattern == Unstructured()
+    assert parse_pattern("erk").spec() == "erk" and "ERK()" in str(plan)

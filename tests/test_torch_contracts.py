@@ -30,9 +30,14 @@ class Row:
     base: type
     kwargs: dict = field(default_factory=dict)
     sparse: type = None  # None: the base optimizer with attach()
+    method: str = "magnitude"  # prunekit's method= (feedback and sr-ste let pruned entries regrow)
 
     def __repr__(self):
         return self.id
+
+    @property
+    def regrows(self):
+        return self.method != "magnitude"
 
 
 ROWS = [
@@ -50,6 +55,12 @@ ROWS = [
     Row("rmsprop-attach-forloop", torch.optim.RMSprop, dict(lr=1e-2, momentum=0.5, foreach=False)),
     Row("rmsprop-attach-foreach", torch.optim.RMSprop, dict(lr=1e-2, centered=True, foreach=True)),
     Row("adagrad-attach", torch.optim.Adagrad, dict(lr=0.1, foreach=True)),
+    # the methods that keep dense weights in the state and let pruned entries regrow
+    Row("sgd-foreach-feedback", torch.optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=1e-3, foreach=True),
+        pruning.SGDSparse, "feedback"),
+    Row("adam-fused-feedback", torch.optim.Adam, dict(lr=1e-2, fused=True), pruning.AdamSparse, "feedback"),
+    Row("adamw-forloop-sr-ste", torch.optim.AdamW, dict(lr=1e-2, foreach=False), pruning.AdamWSparse, "sr-ste"),
+    Row("rmsprop-attach-sr-ste", torch.optim.RMSprop, dict(lr=1e-2, momentum=0.5, foreach=True), None, "sr-ste"),
 ]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 DEVICES = ["cpu", "cuda"]
@@ -85,6 +96,8 @@ def kwargs_for(row, dtype):
 
 def build(row, model, groups=1, **prune):
     named = list(model.named_parameters())
+    if row.regrows:
+        prune = dict(prune, method=row.method)
     kwargs = kwargs_for(row, next(model.parameters()).dtype)
     if row.sparse is None:
         return pruning.attach(row.base(param_groups(model, groups), **kwargs), named, **prune)
@@ -174,7 +187,10 @@ def test_pruned_entries_gradients_and_state_are_exactly_zero(row, dtype, device,
         for name, p in model.named_parameters():
             mask = opt.pruning.masks.get(name)
             if mask is not None:
-                assert (p.grad[~mask] == 0).all(), f"gradient of pruned entries of {name} after backward()"
+                if row.regrows:  # the gradient at the masked weights reaches the dense weights, pruned entries too
+                    assert mask.all() or p.grad[~mask].any(), f"gradient of pruned entries of {name} masked by {row.method}"
+                else:
+                    assert (p.grad[~mask] == 0).all(), f"gradient of pruned entries of {name} after backward()"
                 seen.append(name)
 
     for batch in data(8, dtype, device):
@@ -184,6 +200,10 @@ def test_pruned_entries_gradients_and_state_are_exactly_zero(row, dtype, device,
             if mask is None:
                 continue
             assert (p[~mask] == 0).all(), name
+            if row.regrows:  # the model holds the kept entries of the dense weights, which keep the pruned ones
+                dense = opt.state[p]["prunekit_dense"]
+                assert torch.equal(p[mask], dense[mask]) and (mask.all() or dense[~mask].any()), name
+                continue
             for key, value in opt.state[p].items():
                 if torch.is_tensor(value) and value.shape == p.shape and value.is_floating_point():
                     assert (value[~mask] == 0).all(), f"{key} of pruned entries of {name}"
@@ -270,7 +290,8 @@ def test_closure(row, dtype, device, groups):
         assert torch.is_tensor(loss)
         for name, p in model.named_parameters():
             if name in opt.pruning.masks:
-                assert (p[~opt.pruning.masks[name]] == 0).all() and (p.grad[~opt.pruning.masks[name]] == 0).all()
+                assert (p[~opt.pruning.masks[name]] == 0).all()
+                assert row.regrows or (p.grad[~opt.pruning.masks[name]] == 0).all()
     assert opt.sparsity()[1] == 0.75
 
 
@@ -305,7 +326,7 @@ def test_lr_scheduler_built_before_or_after(row, dtype, device, groups):
             if before:
                 base = row.base(param_groups(model, groups), **row.kwargs)
                 sched = torch.optim.lr_scheduler.StepLR(base, step_size=2, gamma=0.5)
-                opt = pruning.attach(base, named, **PRUNE)
+                opt = pruning.attach(base, named, **PRUNE, **({"method": row.method} if row.regrows else {}))
             else:
                 opt = build(row, model, groups, **PRUNE)
                 sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
@@ -444,8 +465,8 @@ def test_the_default_step_needs_no_masking_pass(row, dtype, device, groups):
     (attach: masks after every update) must give the same weights and state, bit for bit, and the native
     Adam pass the same within a few float32 ulps (or the difference between torch's own fused and for-loop
     Adam, where that is larger)."""
-    if row.sparse is None:
-        pytest.skip("attach rows are the generic path")
+    if row.sparse is None or row.regrows:
+        pytest.skip("attach rows are the generic path; a regrowing method has one step for every optimizer")
     supported(row, dtype, device)
     fast, generic = net(dtype, device), net(dtype, device)
     a = build(row, fast, groups, **PRUNE)
@@ -490,6 +511,8 @@ def test_native_events_zero_in_their_mask_pass_as_the_torch_event_does(row, dtyp
 
     if device != "cpu" or native.kernels() is None:
         pytest.skip("the native kernels run on x86-64 CPUs with AVX2 and a C compiler")
+    if row.regrows:
+        pytest.skip("feedback and sr-ste select from their dense copy with the torch path")
     prune = dict(PRUNE, pattern=pattern, target_sparsity=None if ":" in pattern else PRUNE["target_sparsity"])
     models = wide_net(), wide_net()
     opts = [build(row, m, groups, **prune) for m in models]
@@ -525,3 +548,63 @@ def test_native_events_zero_in_their_mask_pass_as_the_torch_event_does(row, dtyp
             assert (p.grad[~engine.masks[name]] == 0).all() and (p[~engine.masks[name]] == 0).all()
             ok = engine._grad_ok[name]
             assert ok[0]() is p.grad and ok[1] == p.grad._version and name not in engine._deferred
+
+# -- the methods (method=) ----------------------------------------------------------------------------------
+REGROWING = [r for r in ROWS if r.regrows]
+
+
+@pytest.mark.parametrize("row", REGROWING, ids=repr)
+def test_regrowing_methods_bring_pruned_entries_back_and_fixed_masks_make_them_magnitude(row):
+    """An entry pruned at one event can be kept at a later one (never with magnitude pruning); with
+    ``fix_sparsity`` nothing can regrow, and the step is magnitude pruning's, bit for bit; a restored
+    model's zeros are where its dense weights start."""
+    model = net()
+    opt = build(row, model, target_sparsity=0.5, pretrain_step=1, sparse_step=7, frequency=1)
+    came_back = 0
+    for batch in data(9):  # events at steps 1 .. 8
+        before = dict(opt.pruning.masks)
+        run(model, opt, [batch])
+        came_back += sum(int((~before[n] & m).sum()) for n, m in opt.pruning.masks.items() if n in before)
+    assert came_back > 0 and opt.sparsity()[1] == 0.5
+    magnitude = Row(row.id, row.base, row.kwargs, row.sparse)
+    for extra in (dict(target_sparsity=0.5), dict(restore_sparsity=True, target_sparsity=0.75, sparse_step=2,
+                                                      frequency=1)):
+        fixed, plain = copy.deepcopy(model), copy.deepcopy(model)
+        a = build(row, fixed, fix_sparsity=True, **extra)
+        b = build(magnitude, plain, fix_sparsity=True, **extra)
+        run(fixed, a, data(4))
+        run(plain, b, data(4))
+        assert_same(fixed, plain, a, b)
+    restored = build(row, model, restore_sparsity=True, target_sparsity=0.75, sparse_step=2, frequency=1)
+    run(model, restored, data(4))
+    assert restored.pruning.state["restored"] == {"0.weight": 0.5, "2.weight": 0.5} and restored.sparsity()[1] == 0.75
+
+
+def test_method_arguments_are_checked():
+    params = net().named_parameters
+    with pytest.raises(PrunekitError, match=r"method must be one of \['magnitude', 'feedback', 'sr-ste'\]; got 'rigl'"):
+        pruning.SGDSparse(params(), lr=0.1, target_sparsity=0.5, method="rigl")
+    with pytest.raises(PrunekitError, match="sr_ste_decay=0.001 has no effect unless method='sr-ste'"):
+        pruning.SGDSparse(params(), lr=0.1, target_sparsity=0.5, method="feedback", sr_ste_decay=1e-3)
+    with pytest.raises(PrunekitError, match="sr_ste_decay must be a finite number >= 0; got -1"):
+        pruning.SGDSparse(params(), lr=0.1, target_sparsity=0.5, method="sr-ste", sr_ste_decay=-1)
+    with pytest.raises(PrunekitError, match="compile_step=True.*method='feedback'"):
+        pruning.SGDSparse(params(), lr=0.1, target_sparsity=0.5, method="feedback", compile_step=True)
+    opt = pruning.AdamSparse(params(), lr=0.1, target_sparsity=0.5, method="sr-ste")
+    assert opt.pruning.config.sr_ste_decay == 2e-4 and opt.pruning.compiled_event is None
+
+
+def test_sr_ste_decays_only_the_pruned_entries_of_the_dense_weights():
+    """One SGD step at the one-shot event: SR-STE's dense weights are feedback's minus
+    ``lr * decay * w`` on the pruned entries, and equal on the kept ones."""
+    start = net()
+    w0 = start[0].weight.detach().clone()
+    dense = {}
+    for method, extra in (("feedback", {}), ("sr-ste", dict(sr_ste_decay=0.5))):
+        model = copy.deepcopy(start)
+        opt = pruning.SGDSparse(model.named_parameters(), lr=0.1, target_sparsity=0.5, method=method, **extra)
+        run(model, opt, data(1))
+        dense[method] = opt.state_dict()["state"][0]["prunekit_dense"]  # SGD without momentum: waiting state
+        mask = opt.pruning.masks["0.weight"]
+    assert torch.equal(dense["feedback"][mask], dense["sr-ste"][mask])
+    torch.testing.assert_close(dense["feedback"][~mask] - dense["sr-ste"][~mask], 0.1 * 0.5 * w0[~mask])

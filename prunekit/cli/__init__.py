@@ -82,6 +82,10 @@ def _add_pruning_flags(p, target_default):
     g.add_argument("--l1-regularization", action="store_true")
     g.add_argument("--l1-strength", type=float, default=None)
     g.add_argument("--exponent", type=float, default=3.0)
+    g.add_argument("--method", default=None,
+                   help="magnitude (default), feedback (dense weights in the optimizer, pruned entries regrow), "
+                        "sr-ste (feedback + decay of the pruned entries)")
+    g.add_argument("--sr-ste-decay", type=float, default=None, help="with --method sr-ste; default 2e-4")
 
 
 def _add_training_flags(p, epochs=(3, 6, 3)):
@@ -162,7 +166,7 @@ def _prune_args(args, model):
              "restore_sparsity": args.restore_sparsity, "fix_sparsity": args.fix_sparsity,
              "L1_regularization": args.l1_regularization, "exponent": args.exponent}
     for name in ("pattern", "sparse_block", "pretrain_step", "sparse_step", "frequency", "l1_strength",
-                 "special_sparsity_dict"):
+                 "special_sparsity_dict", "method", "sr_ste_decay"):
         value = getattr(args, name, None)
         if value is not None:
             prune[name] = value

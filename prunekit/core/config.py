@@ -7,7 +7,7 @@ from prunekit.core.patterns import Pattern, Unstructured, from_sparse_block, par
 from prunekit.core.schedule import Schedule
 from prunekit.errors import ConfigError, PrunekitTypeError
 
-__all__ = ["PruneConfig", "DEFAULT_KEYWORDS", "PRUNE_ARGUMENTS"]
+__all__ = ["PruneConfig", "DEFAULT_KEYWORDS", "PRUNE_ARGUMENTS", "METHODS", "SR_STE_DECAY"]
 
 DEFAULT_KEYWORDS = ("bias", "beta", "gamma")
 
@@ -15,7 +15,16 @@ DEFAULT_KEYWORDS = ("bias", "beta", "gamma")
 PRUNE_ARGUMENTS = ("target_sparsity", "pretrain_step", "sparse_step", "frequency", "init_sparsity",
                    "keywords_no_sparse", "special_sparsity_dict", "sparse_block", "pattern",
                    "restore_sparsity", "resume", "fix_sparsity", "L1_regularization", "l1_strength",
-                   "exponent")
+                   "exponent", "method", "sr_ste_decay")
+
+#: How masks are chosen and what pruned entries receive (see docs/spec.md, "Methods"):
+#: ``"magnitude"`` prunes the smallest weights and keeps pruned entries, their gradients and state at 0;
+#: ``"feedback"`` (Lin et al., ICLR 2020) keeps the dense weights in the optimizer state, updates them with
+#: the gradients computed at the masked weights, and re-selects masks from them at every event, so pruned
+#: entries can regrow; ``"sr-ste"`` (Zhou et al., ICLR 2021) is feedback plus a decay of the pruned entries.
+METHODS = ("magnitude", "feedback", "sr-ste")
+#: The SR-STE paper's decay of the pruned entries of the dense weights (lambda_W = 2e-4).
+SR_STE_DECAY = 2e-4
 
 
 def _keywords(value):
@@ -62,6 +71,8 @@ class PruneConfig:
     fix_sparsity: bool = False
     L1_regularization: bool = False
     l1_strength: float = 1e-5
+    method: str = "magnitude"
+    sr_ste_decay: float = 0.0
     #: True when the user chose an option that needs parameter names.
     needs_names: bool = False
 
@@ -69,7 +80,8 @@ class PruneConfig:
     def from_kwargs(cls, target_sparsity=None, pretrain_step=0, sparse_step=0, frequency=100,
                     init_sparsity=0.0, keywords_no_sparse=None, special_sparsity_dict=None,
                     sparse_block=None, pattern=None, restore_sparsity=False, resume=None,
-                    fix_sparsity=False, L1_regularization=False, l1_strength=None, exponent=3.0):
+                    fix_sparsity=False, L1_regularization=False, l1_strength=None, exponent=3.0,
+                    method="magnitude", sr_ste_decay=None):
         """Validate the seed's arguments; every bad value raises with the value and what is accepted.
 
         >>> c = PruneConfig.from_kwargs(target_sparsity=0.9, sparse_step=1000, frequency=250.7)
@@ -104,6 +116,13 @@ class PruneConfig:
         strength = 1e-5 if l1_strength is None else l1_strength
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not strength > 0:
             raise ConfigError(f"l1_strength must be a number > 0; got {strength!r}")
+        if not isinstance(method, str) or method not in METHODS:
+            raise ConfigError(f"method must be one of {list(METHODS)}; got {method!r}")
+        if sr_ste_decay is not None and method != "sr-ste":
+            raise ConfigError(f"sr_ste_decay={sr_ste_decay!r} has no effect unless method='sr-ste' (method={method!r})")
+        decay = SR_STE_DECAY if sr_ste_decay is None else sr_ste_decay
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not decay >= 0 or decay == float("inf"):
+            raise ConfigError(f"sr_ste_decay must be a finite number >= 0; got {decay!r}")
         return cls(
             target_sparsity=target,
             schedule=Schedule(pretrain_step, sparse_step, frequency, exponent),
@@ -115,6 +134,8 @@ class PruneConfig:
             fix_sparsity=_validate.flag("fix_sparsity", fix_sparsity),
             L1_regularization=_validate.flag("L1_regularization", L1_regularization),
             l1_strength=float(strength),
+            method=method,
+            sr_ste_decay=float(decay) if method == "sr-ste" else 0.0,
             needs_names=keywords_no_sparse is not None or bool(special_sparsity_dict),
         )
 
@@ -124,6 +145,20 @@ class PruneConfig:
         prune = {k: kwargs[k] for k in PRUNE_ARGUMENTS if k in kwargs}
         base = {k: v for k, v in kwargs.items() if k not in prune}
         return prune, base
+
+    @property
+    def regrows(self):
+        """True when pruned entries can come back at events (feedback, SR-STE): the optimizer then keeps the
+        dense weights and lets gradients reach pruned entries. ``fix_sparsity`` freezes the masks once they
+        exist, so nothing could regrow: the step is then magnitude pruning's, exactly."""
+        return self.method != "magnitude" and not self.fix_sparsity
+
+    def refuse_regrowing(self, framework):
+        """A ConfigError when this configuration needs a regrowing method, which only PyTorch's optimizers run."""
+        if self.regrows:
+            raise ConfigError(f"method={self.method!r} is implemented for PyTorch only (prunekit.torch keeps the "
+                              f"dense weights in its optimizer state); {framework} supports method='magnitude' "
+                              "(with fix_sparsity=True every method is magnitude pruning, and is accepted)")
 
     @property
     def is_noop(self):

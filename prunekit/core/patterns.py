@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from prunekit.core import _validate
 from prunekit.errors import ConfigError
 
-__all__ = ["channels_last_kernel_perm", "Layout", "Pattern", "Unstructured", "Global", "BankBalanced", "NM", "Block",
+__all__ = ["channels_last_kernel_perm", "Layout", "Pattern", "Unstructured", "Global", "ERK", "BankBalanced", "NM", "Block",
            "from_sparse_block", "parse_pattern"]
 
 
@@ -47,6 +47,8 @@ class Pattern:
     fixed_sparsity = None
     #: Whether one threshold is shared across all tensors using the pattern.
     is_global = False
+    #: Whether the plan splits one target across the tensors using the pattern (:class:`ERK`).
+    is_budget = False
 
     def check(self, shape):
         """Return ``None`` if the pattern fits a canonical ``shape``, else a sentence saying why not."""
@@ -93,6 +95,62 @@ class Global(Pattern):
 
     def spec(self):
         return "global"
+
+
+class ERK(Pattern):
+    """Unstructured, with one target split across the tensors that use this pattern by the
+    Erdos-Renyi-Kernel rule (Evci et al., "Rigging the Lottery", ICML 2020, https://arxiv.org/abs/1911.11134).
+
+    A tensor of canonical shape ``(out, in, *spatial)`` gets a density proportional to
+    ``sum(shape) / prod(shape)`` (small layers stay denser), scaled so that the pruned entries of all of them
+    together are exactly ``round(target * total)``; a tensor whose density would exceed 1 stays dense. The
+    plan holds each tensor's resulting target (``prunekit.core.plan``). Tensors given their own target in
+    ``special_sparsity_dict`` are pruned per tensor instead, as with :class:`Global`.
+    """
+
+    is_budget = True
+
+    def __repr__(self):
+        return "ERK()"
+
+    def spec(self):
+        return "erk"
+
+
+def erk_targets(shapes, sparsity):
+    """``{name: target}`` splitting ``sparsity`` over the canonical ``shapes`` (``{name: shape}``) by ERK.
+
+    The kept counts are whole numbers summing exactly to ``total - round(sparsity * total)``: each tensor
+    keeps ``floor(density * n)``, and the entries left over go one each to the largest remainders (ties to
+    the earlier tensor). A target of 0.0 means the tensor stays dense.
+
+    >>> t = erk_targets({"a": (64, 32, 3, 3), "b": (10, 64)}, 0.9)
+    >>> round(t["a"], 4), round(t["b"], 4)
+    (0.9313, 0.0)
+    """
+    import math
+
+    from prunekit.core.masks import prune_count
+    names = list(shapes)
+    n = {k: math.prod(shapes[k]) for k in names}
+    raw = {k: sum(shapes[k]) / n[k] for k in names}
+    keep_total = sum(n.values()) - prune_count(sparsity, sum(n.values()))
+    dense = set()
+    while True:
+        rest = [k for k in names if k not in dense]
+        budget = keep_total - sum(n[k] for k in dense)
+        eps = budget / sum(raw[k] * n[k] for k in rest) if rest else 0.0
+        over = [k for k in rest if eps * raw[k] >= 1.0]
+        if not over:
+            break
+        dense.update(over)  # making one dense raises eps, so every layer over 1 now stays over 1
+    exact = {k: float(n[k]) if k in dense else eps * raw[k] * n[k] for k in names}
+    kept = {k: min(n[k], math.floor(exact[k])) for k in names}
+    left = keep_total - sum(kept.values())
+    order = sorted((k for k in names if kept[k] < n[k]), key=lambda k: (-(exact[k] - kept[k]), names.index(k)))
+    for k in order[:max(0, left)]:
+        kept[k] += 1
+    return {k: (n[k] - kept[k]) / n[k] for k in names}
 
 
 def _input_axis_problem(pattern, shape, size):
@@ -226,7 +284,7 @@ def from_sparse_block(sparse_block):
 
 
 def parse_pattern(value):
-    """Accept a pattern object or a short string: 'unstructured', 'global', 'bank16', '2:4', 'block4x4'."""
+    """Accept a pattern object or a short string: 'unstructured', 'global', 'erk', 'bank16', '2:4', 'block4x4'."""
     if isinstance(value, Pattern):
         return value
     if not isinstance(value, str):
@@ -237,6 +295,8 @@ def parse_pattern(value):
         return Unstructured()
     if text == "global":
         return Global()
+    if text == "erk":
+        return ERK()
     try:
         if text.startswith("bank"):
             args, make = (text[4:],), BankBalanced
@@ -252,5 +312,5 @@ def parse_pattern(value):
         args = None
     if args is not None and len(numbers) in (1, 2):
         return make(*numbers)
-    raise ConfigError(f"unknown pattern {value!r}; accepted: 'unstructured', 'global', 'bank<B>' (e.g. "
+    raise ConfigError(f"unknown pattern {value!r}; accepted: 'unstructured', 'global', 'erk', 'bank<B>' (e.g. "
                       "'bank64'), '<N>:<M>' (e.g. '2:4'), 'block<R>x<C>' (e.g. 'block4x4')")

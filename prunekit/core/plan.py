@@ -15,7 +15,7 @@ import fnmatch
 import warnings
 from dataclasses import dataclass
 
-from prunekit.core.patterns import Pattern, Unstructured
+from prunekit.core.patterns import Pattern, Unstructured, erk_targets
 from prunekit.errors import PlanError
 
 __all__ = ["TensorSpec", "Plan", "resolve_plan"]
@@ -157,7 +157,7 @@ def resolve_plan(named_shapes, config, named=True):
             dense.append((name, shape, "target 0"))
             continue
         pattern = config.pattern
-        if pattern.is_global and name in special:
+        if (pattern.is_global or pattern.is_budget) and name in special:
             pattern = Unstructured()
         problem = pattern.check(shape)
         if problem is not None:
@@ -168,4 +168,11 @@ def resolve_plan(named_shapes, config, named=True):
             dense.append((name, shape, "pattern does not fit"))
             continue
         specs.append(TensorSpec(name, shape, target, pattern))
+    budget = [s for s in specs if s.pattern.is_budget]
+    if budget:  # ERK: one target split across these tensors; one whose share is 0 stays dense
+        targets = erk_targets({s.name: s.shape for s in budget}, config.target_sparsity)
+        kept_dense = {s.name for s in budget if targets[s.name] == 0.0 and not config.restore_sparsity}
+        dense += [(s.name, s.shape, f"{s.pattern!r} keeps it dense") for s in budget if s.name in kept_dense]
+        specs = [TensorSpec(s.name, s.shape, targets[s.name], s.pattern) if s.pattern.is_budget else s
+                 for s in specs if s.name not in kept_dense]
     return Plan(tuple(specs), tuple(dense))

@@ -87,6 +87,7 @@ class _SparseMixin:
     def __init__(self, *args, prune_variables=None, **kwargs):
         prune_kwargs, base_kwargs = PruneConfig.split_kwargs(kwargs)
         config = PruneConfig.from_kwargs(**prune_kwargs)  # validate before building anything
+        config.refuse_regrowing("prunekit.keras")
         super().__init__(*args, **base_kwargs)
         self._prune_kwargs = dict(prune_kwargs)
         self._prune_config = config

@@ -36,6 +36,7 @@ class _SparseMixin:
     def __init__(self, **kwargs):
         prune_kwargs, base_kwargs = PruneConfig.split_kwargs(kwargs)
         self._prune_config = PruneConfig.from_kwargs(**prune_kwargs)
+        self._prune_config.refuse_regrowing("prunekit.mxnet")
         if self._prune_config.pattern.is_global:
             raise ConfigError("prunekit.mxnet does not support the Global pattern (MXNet updates one parameter at "
                               "a time); use Unstructured, BankBalanced, NM or Block")

@@ -37,6 +37,7 @@ class _SparseMixin:
     def __init__(self, *args, **kwargs):
         prune_kwargs, base_kwargs = PruneConfig.split_kwargs(kwargs)
         self._prune_config = PruneConfig.from_kwargs(**prune_kwargs)
+        self._prune_config.refuse_regrowing("prunekit.tf1")
         super().__init__(*args, **base_kwargs)
         self.plan = None
         self._scopes = {}

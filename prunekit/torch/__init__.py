@@ -7,7 +7,7 @@ The seed wrote ``from optimizers import pytorch_pruning as pruning``; the names 
                                   pretrain_step=1000, sparse_step=4000, frequency=100)
 """
 
-from prunekit.core.patterns import NM, BankBalanced, Block, Global, Unstructured
+from prunekit.core.patterns import ERK, NM, BankBalanced, Block, Global, Unstructured
 from prunekit.torch.engine import PruningEngine
 from prunekit.torch.inference import sparsify_for_inference
 from prunekit.torch.report import MacsReport, macs
@@ -16,4 +16,4 @@ from prunekit.torch.prune import Prune
 from prunekit.torch.sparse_io import load_sparse, save_sparse, strip
 
 __all__ = ["SGDSparse", "AdamSparse", "AdamWSparse", "attach", "Prune", "macs", "MacsReport", "PruningEngine",
-           "SparseOptimizerMixin", "save_sparse", "load_sparse", "strip", "sparsify_for_inference", "Unstructured", "Global", "BankBalanced", "NM", "Block"]
+           "SparseOptimizerMixin", "save_sparse", "load_sparse", "strip", "sparsify_for_inference", "Unstructured", "Global", "ERK", "BankBalanced", "NM", "Block"]

@@ -37,7 +37,8 @@ from prunekit.errors import PlanError, PruningRuntimeError
 from prunekit.torch import _select
 from prunekit.torch import distributed as _dist
 
-__all__ = ["PruningEngine", "STATE_KEY", "MASK_KEY", "RESTORED_KEY", "STEP_KEY", "MASKED_KEY", "zero_pruned_", "mask_nbytes"]
+__all__ = ["PruningEngine", "STATE_KEY", "MASK_KEY", "RESTORED_KEY", "STEP_KEY", "MASKED_KEY", "DENSE_KEY", "zero_pruned_",
+           "mask_nbytes"]
 
 #: the model-level ``Prune``'s state key (and, before prunekit 0.2, the optimizers': migrated on load)
 STATE_KEY = "prunekit"
@@ -45,7 +46,9 @@ MASK_KEY = "prunekit_mask"
 RESTORED_KEY = "prunekit_restored"
 STEP_KEY = "prunekit_step"
 MASKED_KEY = "prunekit_masked"
-_OWN_KEYS = (MASK_KEY, RESTORED_KEY)
+#: the dense weights of a method that lets pruned entries regrow (feedback, SR-STE; prunekit.torch.methods)
+DENSE_KEY = "prunekit_dense"
+_OWN_KEYS = (MASK_KEY, RESTORED_KEY, DENSE_KEY)
 
 
 _SAME_SIZE_INT = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
@@ -154,10 +157,12 @@ class _OptimizerStore:
     ``prunekit_masked`` says whether the masks exist yet (the first prune event or restore sets it).
     """
 
-    def __init__(self, optimizer, params):
+    def __init__(self, optimizer, params, dense=False):
         self._opt = optimizer
         self._params = params          # {name: parameter} of the planned tensors
         self._pending = {}             # name -> {key: value}, until the base has made that state
+        self._dense = dense            # keep DENSE_KEY (a regrowing method)
+        self._loaded_dense = {}
 
     def start(self):
         self.store_loaded(0, {}, {}, masked=False)
@@ -195,6 +200,10 @@ class _OptimizerStore:
             if mask is not None:
                 out[name] = mask
         return out
+
+    def dense(self, name):
+        """The dense weights of ``name`` (a regrowing method's; meaningful once masks exist)."""
+        return self._value(name, DENSE_KEY)
 
     def restored(self):
         out = {}
@@ -277,7 +286,7 @@ class _OptimizerStore:
                 raise PlanError(f"loaded pruning state has a mask for {name!r}, which this optimizer's plan does "
                                 f"not prune; plan: {engine.plan.names}")
         masked = self._masked()
-        masks, restored = {}, {}
+        masks, restored, dense = {}, {}, {}
         held = held or {}
         for name, p in self._params.items():
             state = self._opt.state.get(p) or held.get(p)
@@ -287,11 +296,14 @@ class _OptimizerStore:
                 masks[name] = state[MASK_KEY]
             if RESTORED_KEY in state:
                 restored[name] = float(state[RESTORED_KEY])
+            if DENSE_KEY in state and torch.is_tensor(state[DENSE_KEY]):
+                dense[name] = state[DENSE_KEY]
             if p in self._opt.state:
                 for key in _OWN_KEYS:
                     self._opt.state[p].pop(key, None)
                 if not self._opt.state[p]:
                     del self._opt.state[p]
+        self._loaded_dense = dense
         if isinstance(legacy, dict):
             masks = dict(legacy.get("masks", {}))
             restored = dict(legacy.get("restored", {}))
@@ -304,9 +316,15 @@ class _OptimizerStore:
 
     def store_loaded(self, step, masks, restored, masked=None):
         """Write a whole state: masks where given (all True where not), restored sparsities (0.0 where not)."""
+        dense, self._loaded_dense = self._loaded_dense, {}
         for name, p in self._params.items():
             self._put(name, MASK_KEY, masks[name] if name in masks else torch.ones_like(p, dtype=torch.bool))
             self._put(name, RESTORED_KEY, float(restored.get(name, 0.0)))
+            if self._dense:
+                value = dense.get(name)
+                if value is None or tuple(value.shape) != tuple(p.shape):
+                    value = torch.zeros_like(p, memory_format=torch.contiguous_format).detach()
+                self._put(name, DENSE_KEY, value.detach().to(device=p.device, dtype=p.dtype))
         self.set_step(step)
         self._set_masked(bool(masks) if masked is None else masked)
 
@@ -352,7 +370,7 @@ class PruningEngine:
         if self._sharded:
             _dist.check_plan(self._specs)
         if optimizer is not None and owner is optimizer:
-            self._store = _OptimizerStore(optimizer, {s.name: p for s, p in self._specs})
+            self._store = _OptimizerStore(optimizer, {s.name: p for s, p in self._specs}, dense=config.regrows)
         else:
             self._store = _DictStore(owner)
         # the core's decisions (which steps are events, which sparsity each aims at); the masks
@@ -437,7 +455,7 @@ class PruningEngine:
         self._store.store_loaded(step, fixed, restored)
         self._masks = None
         pairs = [(t, fixed[s.name]) for s, p in self._specs if s.name in fixed for t in self._state_tensors(p)]
-        if pairs:
+        if pairs and not self.config.regrows:  # a regrowing method's state of pruned entries is live
             zero_pruned_(*zip(*pairs))
         self.sync_hooks()
 
@@ -445,6 +463,8 @@ class PruningEngine:
     def sync_hooks(self):
         """A gradient-masking hook on every parameter that has a mask (once each). Magnitude pruning never
         lets a pruned entry back, so its gradient is of no use to anyone."""
+        if self.config.regrows:  # feedback, SR-STE: pruned entries' gradients update the dense weights
+            return
         masks = self.masks
         for spec, p in self._specs:
             if spec.name in masks and spec.name not in self._hooks and p.requires_grad:
@@ -754,8 +774,8 @@ class PruningEngine:
         """The optimizer's per-parameter tensors shaped like ``p`` (momentum, moments), zeroed with its mask."""
         if self._optimizer is None:
             return []
-        return [v for v in self._optimizer.state.get(p, {}).values()
-                if torch.is_tensor(v) and v.shape == p.shape and v.is_floating_point()]
+        return [v for k, v in self._optimizer.state.get(p, {}).items()
+                if k != DENSE_KEY and torch.is_tensor(v) and v.shape == p.shape and v.is_floating_point()]
 
     @torch.no_grad()
     def restore(self):

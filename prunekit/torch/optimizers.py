@@ -21,7 +21,7 @@ import weakref
 import torch
 
 from prunekit.core.config import PRUNE_ARGUMENTS, PruneConfig
-from prunekit.errors import PrunekitTypeError
+from prunekit.errors import ConfigError, PrunekitTypeError
 from prunekit.torch.engine import PruningEngine
 
 __all__ = ["SGDSparse", "AdamSparse", "AdamWSparse", "attach", "SparseOptimizerMixin"]
@@ -156,6 +156,9 @@ class SparseOptimizerMixin:
         engine = self._prunekit
         if not engine.active or self._skipped_step():
             return self._base_step(closure)
+        if engine.config.regrows:  # feedback, SR-STE: the dense weights live in the state
+            from prunekit.torch.methods import regrowing_step
+            return regrowing_step(self, closure)
         # an event's zeroing waits until it is known how the update runs (a compiled step does it)
         engine.before_update(defer=closure is None)
         compiled = getattr(self, "_prunekit_compiled", None)
@@ -235,6 +238,11 @@ def _compile(optimizer, compile_step, step_class, event=True):
         raise PrunekitTypeError(f"compile_step must be True or False; got {compile_step!r}")
     if not optimizer._prunekit.active:
         return
+    if optimizer._prunekit.config.regrows:
+        if compile_step:
+            raise ConfigError(f"compile_step=True fuses magnitude pruning's step; method="
+                              f"{optimizer._prunekit.config.method!r} runs its own eager step (leave compile_step off)")
+        return  # its events select from the dense weights with the torch reference (prunekit.torch.methods)
     from prunekit.torch import compiled
     if compile_step:
         optimizer._prunekit_compiled = getattr(compiled, step_class)()
@@ -256,7 +264,8 @@ class SGDSparse(SparseOptimizerMixin, torch.optim.SGD):
             of SPEC.md (``target_sparsity``, ``pretrain_step``, ``sparse_step``, ``frequency``,
             ``init_sparsity``, ``keywords_no_sparse``, ``special_sparsity_dict``, ``pattern`` or
             ``sparse_block``, ``restore_sparsity``/``resume``, ``fix_sparsity``,
-            ``L1_regularization``, ``l1_strength``, ``exponent``).
+            ``L1_regularization``, ``l1_strength``, ``exponent``, ``method`` (``"magnitude"``,
+            ``"feedback"`` or ``"sr-ste"``: see :mod:`prunekit.torch.methods`), ``sr_ste_decay``).
         compile_step: fuse the update and the masks with ``torch.compile``, and run prune events
             on unstructured float32 tensors as compiled passes (see :mod:`prunekit.torch.compiled`):
             a step at about the speed of plain SGD and events ~2x faster, after a compile of tens of

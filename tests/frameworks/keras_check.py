@@ -140,6 +140,13 @@ def check_errors():
         assert "target_sparsity must be in [0, 1); got 1.5" in str(e)
     else:
         raise AssertionError("no error for target_sparsity=1.5")
+    for method in ("feedback", "sr-ste"):  # the regrowing methods are PyTorch's only: a clear refusal
+        try:
+            pruning.SGDSparse(learning_rate=0.1, target_sparsity=0.5, method=method)
+        except ValueError as e:
+            assert f"method={method!r} is implemented for PyTorch only" in str(e) and "prunekit.keras supports" in str(e), e
+        else:
+            raise AssertionError(f"no error for method={method!r}")
     m = model()
     opt = pruning.AdamSparse(target_sparsity=0.5, special_sparsity_dict={"conv_kernel": 0.5})
     try:

@@ -87,6 +87,13 @@ def check_table():
             fit(n, t, 8)
             assert abs(t._optimizer.sparsity()[1] - 0.75) < 1e-6, (base, kw, t._optimizer.sparsity())
             assert_state_masked(t, n)
+    for method in ("feedback", "sr-ste"):  # the regrowing methods are PyTorch's only: a clear refusal
+        try:
+            pruning.SGDSparse(learning_rate=0.1, target_sparsity=0.5, method=method)
+        except ValueError as e:
+            assert f"method={method!r} is implemented for PyTorch only" in str(e) and "prunekit.mxnet supports" in str(e), e
+        else:
+            raise AssertionError(f"no error for method={method!r}")
     print("equivalence ok")
     print(f"table ok ({2 * len(TABLE)} rows)")
 

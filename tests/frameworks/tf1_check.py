@@ -96,6 +96,13 @@ def check_table():
         assert all(np.array_equal(p, q) for p, q in zip(a, b)), f"target 0 differs from {label}"
         total = slots_masked(build(lambda: sparse(**kw, **PRUNE)))
         assert abs(total - 0.75) < 1e-6, (label, total)
+    for method in ("feedback", "sr-ste"):  # the regrowing methods are PyTorch's only: a clear refusal
+        try:
+            pruning.MomentumOptimizerSparse(0.1, 0.9, target_sparsity=0.5, method=method)
+        except ValueError as e:
+            assert f"method={method!r} is implemented for PyTorch only" in str(e) and "prunekit.tf1 supports" in str(e), e
+        else:
+            raise AssertionError(f"no error for method={method!r}")
     print("equivalence ok")
     print(f"table ok ({len(TABLE)} rows)")
 
