@@ -236,9 +236,10 @@ def test_erk_splits_one_target_with_exact_total_counts(shapes, target):
     total = sum(int(np.prod(s)) for _, s in named)
     pruned = sum(prune_count(spec.target, spec.numel) for spec in plan)
     assert pruned == prune_count(target, total)  # the dense ones prune 0
-    # densities follow ERK: a smaller sum(shape)/prod(shape) never gets a lower target (up to one entry)
+    # densities follow ERK: a smaller sum(shape)/prod(shape) never gets a lower target, up to the rounding
+    # of each tensor's kept count to a whole entry (at most one entry each way)
     by = sorted(plan, key=lambda s: sum(s.shape) / s.numel)
-    assert all(a.target >= b.target - 1.0 / min(a.numel, b.numel) for a, b in zip(by, by[1:]))
+    assert all(a.target >= b.target - 1.0 / a.numel - 1.0 / b.numel for a, b in zip(by, by[1:]))
     masks = HostPruner(plan, config).masks(0, {s.name: np.random.default_rng(0).normal(size=s.shape) for s in plan})
     assert sum(int((~m).sum()) for m in masks.values()) == prune_count(target, total)
 

@@ -1,5 +1,5 @@
 """CenterNet ("Objects as Points") on a sparse backbone, in the layout of the original tool's
-ResNet-50-v1d CenterNet (``../shared/ir-samples/resnet50v1d_centernet.json``): backbone, an up-sampling
+ResNet-50-v1d CenterNet (its graph ships with the zoo: ``prunekit zoo info resnet50v1d-centernet-coco-80-original``): backbone, an up-sampling
 neck (3x3 conv + BN + ReLU, 4x4 stride-2 transposed conv + BN + ReLU) to 1/4 of the input, then three
 heads on the same features, each a 3x3 conv + ReLU + 1x1 conv: the heat map (one channel per class,
 after a sigmoid), the box size and the centre's sub-cell offset (2 channels each, in output cells).
