@@ -393,7 +393,7 @@ class CompiledPruneEvent:
         entry mask, zeroing the given tensors (float32, contiguous, the weight's size) where it is 0. A
         tensor holding NaN or inf is left to the eager path, which reports it, with nothing zeroed."""
         from prunekit.torch import _select
-        from prunekit.torch.engine import _native_zeroable
+        from prunekit.torch.engine import _native_zeroable, zero_pruned_
 
         if not items:
             return {}
@@ -427,7 +427,6 @@ class CompiledPruneEvent:
             for t in ts:
                 torch.autograd.graph.increment_version(t)
         if rest:
-            from prunekit.torch.engine import zero_pruned_
             zero_pruned_(*zip(*rest))
         self.events += 1
         self.native_events += 1
