@@ -12,6 +12,7 @@ order given and the JSON is rewritten after each one, so an interrupted run keep
 import argparse
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -41,6 +42,13 @@ def all_rows():
                 key = f"{target}-{method}-s{seed}" if target != "dense" else f"dense-s{seed}"
                 rows[key] = [*flags, *METHODS[method], "--seed", str(seed)]
     return rows
+
+
+def _child_cpu():
+    """CPU seconds (user + system) used so far by finished child processes: unlike wall time, it does not count
+    the time a run spent stopped or waiting for a core another process held."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _history(summary):
@@ -105,12 +113,12 @@ def main():
         cmd = ["prunekit", "train", "--dataset", "fashion-mnist", *rows[key], "--threads", args.threads,
                "--out", out, "--overwrite", "--quiet"]
         if args.adopt and os.path.exists(os.path.join(out, "summary.json")):
-            wall = None
+            wall = cpu = None
         else:
             print("$", shlex.join(cmd), flush=True)
-            start = time.perf_counter()
+            start, used = time.perf_counter(), _child_cpu()
             subprocess.run([sys.executable, "-m", "prunekit", *cmd[1:]], check=True)
-            wall = time.perf_counter() - start
+            wall, cpu = time.perf_counter() - start, _child_cpu() - used
         with open(os.path.join(out, "summary.json")) as f:
             s = json.load(f)
         target, method = key.split("-")[0], ("magnitude" if key.startswith("dense") else key.split("-", 1)[1].rsplit("-", 1)[0])
@@ -122,7 +130,7 @@ def main():
                 raise SystemExit(f"{out} holds another run ({recipe}); remove it or run without --adopt")
         results.append({"row": key, "target": target, "method": method, "seed": int(key.rsplit("-s", 1)[1]),
                         "command": shlex.join(cmd), "final_test_acc": s["final_test_acc"],
-                        "best_test_acc": s["best_test_acc"], "sparsity": s["sparsity"],
+                        "best_test_acc": s["best_test_acc"], "sparsity": s["sparsity"], "cpu_s": cpu,
                         "per_tensor_sparsity": s["per_tensor_sparsity"], "wall_s": wall,
                         "history": _history(s)})
         os.makedirs(os.path.dirname(args.json), exist_ok=True)

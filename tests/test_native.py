@@ -113,6 +113,111 @@ def test_zero_where_zeroes_every_array_of_a_mask(threads):
         native.zero_where([masks[0].astype(bool)], [[np.zeros(5, np.float32)]])
 
 
+def _fresh_zeroed(a, mask, prior):
+    """``a`` after zeroing with ``fresh`` where few entries are pruned anew: +0.0 where ``mask`` is False in
+    every run of 16 entries (from the start) that holds an entry ``prior`` kept and ``mask`` prunes; every
+    other bit unchanged."""
+    out = a.copy()
+    went = np.concatenate([prior.astype(bool) & ~mask, np.zeros(-a.size % 16, bool)])
+    runs = np.repeat(went.reshape(-1, 16).any(1), 16)[:a.size]
+    out.view(np.uint32)[runs & ~mask] = 0
+    return out
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("anew", ["few", "many"])
+def test_fresh_arrays_get_only_the_runs_with_newly_pruned_entries_written(threads, anew):
+    """Arrays known to be 0.0 wherever the previous mask prunes: zero_where and select_masks give what a
+    full zeroing gives wherever they are 0.0 under the prior, as the engine guarantees. A slice of 4096
+    entries with a few entries pruned anew gets +0.0 written only in the runs of 16 entries holding one (a
+    value planted at an older zero elsewhere survives: nothing was written there); one with many is
+    zeroed whole (streaming it costs less than scattered writes), so a planted value is 0.0 or still there."""
+    rng = np.random.default_rng(4)
+    for n in (5, 4096, 4097, (1 << 20) + 3):
+        prior = (rng.random(n) > 0.6).astype(np.uint8)
+        mask = prior.copy()
+        if anew == "few":  # two entries per slice of 4096
+            for a in range(0, n, 4096):
+                kept = np.flatnonzero(prior[a:a + 4096])
+                mask[a + kept[:2 * 97:97]] = 0
+        else:
+            mask &= (rng.random(n) > 0.01).astype(np.uint8)  # 1% of the kept entries go
+        planted = rng.standard_normal(n).astype(np.float32)
+        planted[prior == 0] = 3.0
+        clean = np.where(prior == 0, 0.0, planted).astype(np.float32)
+        full, fresh = planted.copy(), [planted.copy(), clean.copy()]
+        native.zero_where([mask], [[full]], threads=threads, priors=[prior], fresh=[fresh])
+        keep = mask.astype(bool)
+        assert np.array_equal(full.view(np.uint32), _zeroed(planted, keep).view(np.uint32))
+        assert np.array_equal(fresh[1].view(np.uint32), _zeroed(clean, keep).view(np.uint32))
+        if anew == "few":
+            assert np.array_equal(fresh[0].view(np.uint32), _fresh_zeroed(planted, keep, prior).view(np.uint32))
+            assert n < 5000 or (fresh[0][prior == 0] == 3.0).mean() > 0.9
+        else:
+            assert np.array_equal(fresh[0][keep], planted[keep]) and (fresh[0][(prior == 1) & ~keep] == 0).all()
+            assert np.isin(fresh[0][prior == 0], [0.0, 3.0]).all()
+    w = rng.standard_normal(200_003).astype(np.float32)
+    prior = (np.abs(w) > 0.5).astype(np.uint8)
+    w[prior == 0] = 0.0
+    state = rng.standard_normal(w.size).astype(np.float32)
+    state[prior == 0] = 3.0
+    original, planted = w.copy(), state.copy()
+    outs = [np.zeros(w.size, np.uint8)]
+    decided = native.select_masks([w], [prune_count(0.6, w.size)], [prior], outs, threads=threads,
+                                  fresh=[[w, state]])
+    mask = outs[0].astype(bool)
+    assert decided == [True] and np.array_equal(mask, reference_mask(original, 0.6, Unstructured()))
+    assert np.array_equal(w.view(np.uint32), _zeroed(original, mask).view(np.uint32))
+    assert np.array_equal(state[mask], planted[mask]) and (state[(prior == 1) & ~mask] == 0).all()
+    assert np.isin(state[prior == 0], [0.0, 3.0]).all()
+    with pytest.raises(ValueError, match="no previous mask"):
+        native.zero_where([outs[0]], [[]], fresh=[[state]])
+    with pytest.raises(ValueError, match="no previous mask"):
+        native.select_masks([w], [10], None, outs, fresh=[[state]])
+
+
+@needs_kernels
+def test_a_count_equal_to_the_prior_one_keeps_the_prior_mask():
+    """A late ramp event on a small tensor prunes as many entries as before: the threshold lies among the
+    zeros, and the mask is the prior (pruned entries first), decided here rather than handed back."""
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal(50_000).astype(np.float32)
+    prior = (np.abs(w) > 0.3).astype(np.uint8)
+    w[prior == 0] = 0.0
+    w[np.flatnonzero(prior)[:5]] = 0.0  # kept entries that are 0.0 too: the prior's zeros still go first
+    state = rng.standard_normal(w.size).astype(np.float32)
+    original, before = w.copy(), state.copy()
+    count = int((prior == 0).sum())
+    decided, masks, _ = _select([w], [count / w.size], [prior], zero=[[state]])
+    assert decided == [True] and np.array_equal(masks[0], prior.astype(bool))
+    assert np.array_equal(masks[0], reference_mask(original, count / w.size, Unstructured(), prior.astype(bool)))
+    assert np.array_equal(state.view(np.uint32), _zeroed(before, masks[0]).view(np.uint32))
+    stale = original.copy()
+    stale[np.flatnonzero(prior == 0)[0]] = 1.0  # pruned before, no longer 0: the reference path decides
+    assert _select([stale], [count / w.size], [prior])[0] == [False]
+
+
+@needs_kernels
+def test_block_expansion_writes_fresh_arrays_only_where_blocks_go_anew():
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((8, 12, 3)).astype(np.float32)
+    prior = np.ones(w.shape, np.uint8)
+    prior[:4, :6] = 0  # one 4x6 region pruned before (4 blocks of 2x3 at every position)
+    kept = np.ones(3 * 4 * 4, np.uint8)
+    kept[[0, 1, 4, 5]] = 0  # position 0: the blocks pruned before ...
+    kept[[16 + 15]] = 0  # ... and at position 1 the last block (rows 6-7, columns 9-11) goes anew
+    state = rng.standard_normal(w.shape).astype(np.float32)
+    state[prior == 0] = 3.0
+    same = state.copy()
+    out = np.zeros(w.shape, np.uint8)
+    native.block_expand([kept], [(2, 3)], [prior], [out], zero=[[]], fresh=[[state]])
+    mask = out.astype(bool)
+    assert not mask[6:8, 9:12, 1].any() and mask[6:8, 9:12, [0, 2]].all() and not mask[:4, :6].any()
+    assert (state[~mask & (prior == 1)] == 0).all() and np.array_equal(state[mask], same[mask])
+    assert set(np.unique(state[prior == 0])) <= {0.0, 3.0} and (state[prior == 0] == 3.0).any()
+
+
 @needs_kernels
 def test_odd_tensors_are_handed_back():
     rng = np.random.default_rng(1)
@@ -296,6 +401,31 @@ def test_block_scores_are_the_reference_scores(shape, r, c, seed, with_prior):
     assert np.isnan(native.block_scores([w], [(r, c)], None)[0][0][0])
     with pytest.raises(ValueError, match="blocks 5x"):
         native.block_scores([w], [(5, c)], None)
+
+
+@needs_kernels
+@given(st.sampled_from([(8, 8), (16, 12), (8, 4, 3, 3), (4, 8, 1, 5), (12, 8, 2), (64, 32)]),
+       st.sampled_from([1, 2, 4]), st.sampled_from([1, 2, 4]), st.floats(0.0, 1.0), st.integers(0, 2**31 - 1),
+       st.sampled_from(["normal", "integers"]), st.booleans())
+@settings(max_examples=80, deadline=None)
+def test_block_masks_from_scores_selection_and_expansion_equal_the_reference(shape, r, c, s, seed, kind, with_prior):
+    """pk_block_scores, pk_block_select and pk_block_expand together give the reference's mask: blocks that
+    kept nothing before go first (all of them), then the lowest scores, ties at the lower index first."""
+    rng = np.random.default_rng(seed)
+    w = _weights(kind, int(np.prod(shape)), rng).reshape(shape)
+    prior = None
+    if with_prior:
+        prior = rng.random(shape) > 0.4
+        w[~prior] = 0.0
+    p8 = None if prior is None else [prior.astype(np.uint8)]
+    ((scores, kept),) = native.block_scores([w], [(r, c)], p8)
+    count = prune_count(s, scores.size)
+    (decided,) = native.block_select([scores], [count], None if kept is None else [kept])
+    out = np.zeros(shape, np.uint8)
+    native.block_expand([decided], [(r, c)], p8, [out])
+    assert np.array_equal(out.astype(bool), reference_mask(w, s, Block(r, c), prior))
+    with pytest.raises(ValueError, match="count"):
+        native.block_select([scores], [scores.size + 1], None)
 
 
 @needs_kernels

@@ -549,6 +549,58 @@ def test_native_events_zero_in_their_mask_pass_as_the_torch_event_does(row, dtyp
             ok = engine._grad_ok[name]
             assert ok[0]() is p.grad and ok[1] == p.grad._version and name not in engine._deferred
 
+@table(dtypes=[torch.float32], groups=(1,))
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4", "bank16", "block4x4", "global"])
+def test_events_zero_what_is_not_known_to_be_zero_and_spare_what_is(row, dtype, device, groups, pattern):
+    """An event writes +0.0 wherever its mask prunes in what changed behind the optimizer's back (weights and
+    gradients edited in place) and in another optimizer's state; in the state of prunekit's own element-wise
+    optimizers, known to be 0.0 wherever the previous mask pruned, it need only write what it prunes anew:
+    an event that prunes nothing new leaves a value planted there untouched (nothing was written)."""
+    from prunekit.core import native
+
+    if device != "cpu" or native.kernels() is None:
+        pytest.skip("the native kernels run on x86-64 CPUs with AVX2 and a C compiler")
+    if row.regrows:
+        pytest.skip("feedback and sr-ste keep the pruned entries of their state live")
+    prune = dict(pattern=pattern, target_sparsity=None if ":" in pattern else 0.75, pretrain_step=1,
+                 sparse_step=4, frequency=1)
+    model = wide_net()
+    opt = build(row, model, groups, **prune)
+    engine, own = opt.pruning, row.sparse is not None
+    g = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(6, 160, generator=g), torch.randn(6, 8, generator=g)) for _ in range(4)]
+    run(model, opt, batches[:3])  # events at steps 1 and 2
+    backward(model, *batches[3])
+    params = dict(model.named_parameters())
+
+    def plant():
+        masks = dict(engine.masks)
+        with torch.no_grad():
+            for name, mask in masks.items():
+                p = params[name]
+                p[~mask] = 7.0
+                p.grad[~mask] = 5.0
+                for s in engine._state_tensors(p):
+                    s[~mask] = 3.0
+        return masks
+
+    for again in (False, True):  # step 3's masks (more pruned), then the same masks once more
+        old = plant()
+        engine.prune_event()
+        for name, before in old.items():
+            p, now = params[name], engine.masks[name]
+            assert not (now & ~before).any() and (now.equal(before) if again else True)
+            assert (p[~now] == 0).all() and (p.grad[~now] == 0).all() and (p.grad[now] != 5.0).all()
+            for s in engine._state_tensors(p):
+                assert (s[before & ~now] == 0).all() and (s[now] != 3.0).all()
+                if not own:
+                    assert (s[~now] == 0).all()
+                elif again:
+                    assert (s[~now] == 3.0).all()
+                else:
+                    assert torch.isin(s[~before], torch.tensor([0.0, 3.0])).all()
+
+
 # -- the methods (method=) ----------------------------------------------------------------------------------
 REGROWING = [r for r in ROWS if r.regrows]
 

@@ -43,11 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["kernels", "select_masks", "zero_where", "block_expand", "group_masks", "block_scores", "SAMPLE_STRIDE", "SIGMAS", "sample_ranks", "rank_band"]
+__all__ = ["kernels", "select_masks", "zero_where", "block_expand", "group_masks", "block_scores", "block_select", "SAMPLE_STRIDE", "SIGMAS", "sample_ranks", "rank_band"]
 
 SAMPLE_STRIDE = 17  # prime, so the sample does not line up with a kernel or channel period
 SIGMAS = 3.5
-_ABI = 10
+_ABI = 12
 _BINS = 1 << 16
 _CHUNK = 64  # CHUNK in select.c
 _SOURCE = Path(__file__).with_name("_native") / "select.c"
@@ -145,11 +145,11 @@ def _load():
     lib.pk_scan.restype = i64
     lib.pk_scan.argtypes = [ptr, i64, ptr, ctypes.c_uint32, ctypes.c_uint32, ptr, ptr, i64, ptr]
     lib.pk_mask.restype = i64
-    lib.pk_mask.argtypes = [ptr, i64, ctypes.c_uint32, i64, ptr, ptr, i64]
+    lib.pk_mask.argtypes = [ptr, i64, ctypes.c_uint32, i64, ptr, ptr, i64, ptr, ptr, i64]
     lib.pk_zero.restype = None
     lib.pk_block_expand.restype = i64
-    lib.pk_block_expand.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, i64]
-    lib.pk_zero.argtypes = [ptr, i64, ptr, i64]
+    lib.pk_block_expand.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, i64, ptr, i64]
+    lib.pk_zero.argtypes = [ptr, i64, ptr, i64, ptr, ptr, i64]
     lib.pk_groups.restype = i64
     lib.pk_groups.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr]
     lib.pk_banks.restype = i64
@@ -159,6 +159,8 @@ def _load():
     lib.pk_adam.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, f32, f32, f32, f32, f32, f32, f32, f32, ctypes.c_int]
     lib.pk_block_scores.restype = i64
     lib.pk_block_scores.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr]
+    lib.pk_block_select.restype = i64
+    lib.pk_block_select.argtypes = [ptr, i64, ptr, i64, ptr]
     return lib
 
 
@@ -183,9 +185,10 @@ def _pointers(arrays, start=0):
     return (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data + 4 * start for a in arrays])
 
 
-def _select_one(lib, keys, count, prior, out, zero=()):
+def _select_one(lib, keys, count, prior, out, zero=(), fresh=()):
     """Fill ``out`` with the mask of ``keys`` after pruning its ``count`` lowest, and zero the entries it
-    prunes in the arrays ``zero``; False (nothing written) when the caller's exact path must decide."""
+    prunes in the arrays ``zero``, and those it prunes and ``prior`` kept in the arrays ``fresh``; False
+    (nothing written) when the caller's exact path must decide."""
     n = keys.size
     hist = getattr(_local, "hist", None)
     if hist is None:
@@ -195,10 +198,10 @@ def _select_one(lib, keys, count, prior, out, zero=()):
     res = np.zeros(3, np.int64)
     lib.pk_bracket(keys.ctypes.data, n, SAMPLE_STRIDE, r_lo, r_hi, hist.ctypes.data, res.ctypes.data)
     low, high, in_sample = (int(v) for v in res)
-    if low > high:
-        return False
-    cap = int(in_sample * n / size * 1.25) + 1024
     prior_ptr = None if prior is None else prior.ctypes.data
+    if low > high:
+        return _prior_again(lib, keys, count, prior, out, zero)
+    cap = int(in_sample * n / size * 1.25) + 1024
     while True:
         positions, values = np.empty(cap, np.int64), np.empty(cap, np.uint32)
         inside = lib.pk_scan(keys.ctypes.data, n, prior_ptr, low, high, positions.ctypes.data,
@@ -208,14 +211,66 @@ def _select_one(lib, keys, count, prior, out, zero=()):
         cap = inside  # more than the sample promised: once more with room for all
     below, odd = int(res[0]), int(res[1])
     if odd or not below < count <= below + inside:
-        return False
+        return not odd and _prior_again(lib, keys, count, prior, out, zero)
     threshold, staying = rank_band(values[:inside], positions[:inside], count - below)
     cut = int(staying[0]) if len(staying) else n
-    kept = lib.pk_mask(keys.ctypes.data, n, int(threshold), cut, out.ctypes.data, _pointers(zero), len(zero))
+    kept = lib.pk_mask(keys.ctypes.data, n, int(threshold), cut, out.ctypes.data, _pointers(zero), len(zero),
+                       prior_ptr, _pointers(fresh), len(fresh))
     if kept != n - count:
         raise RuntimeError(f"prunekit: native prune event kept {kept} of {n} entries, expected {n - count} "
                            "(please report this)")
     return True
+
+
+def _prior_again(lib, keys, count, prior, out, zero):
+    """When ``count`` is what ``prior`` pruned (a late event of a ramp, on a tensor too small for its count
+    to grow), the mask is ``prior``: the reference prunes the entries pruned before first. The sample
+    brackets no threshold then (it lies among the zeros); this decides it instead of the caller's exact
+    path, zeroing the arrays ``zero`` (arrays known to be zero under the prior need nothing). False when
+    that is not the case, or an entry is NaN or inf, or pruned before and not 0.0."""
+    n = keys.size
+    if prior is None or count != n - int(np.count_nonzero(prior)):
+        return False
+    res = np.zeros(3, np.int64)
+    lib.pk_scan(keys.ctypes.data, n, prior.ctypes.data, 1, 1, None, None, 0, res.ctypes.data)
+    if res[1]:
+        return False
+    np.copyto(out, prior)
+    if zero:
+        lib.pk_zero(out.ctypes.data, n, _pointers(zero), len(zero), None, None, 0)
+    return True
+
+
+def _share(order, call, threads):
+    """``call(i)`` for every ``i`` of ``order`` on ``threads`` threads (this one and ``threads - 1`` of the
+    pool), each taking the next ``i`` when it finishes one: a handful of hand-offs however many jobs (a
+    submit per job cost ~0.2 ms of GIL hand-off here, more than a small tensor's work). The first error is
+    raised once every thread has stopped."""
+    if threads <= 1 or len(order) <= 1:
+        for i in order:
+            call(i)
+        return
+    it = iter(order)
+
+    def worker():
+        for i in it:
+            call(i)
+
+    futures = [_pool(threads).submit(worker) for _ in range(min(threads, len(order)) - 1)]
+    error = None
+    try:
+        worker()
+    except BaseException as e:  # noqa: BLE001 - re-raised below, after the pool's threads stop
+        error = e
+        for _ in it:  # the pool's threads take nothing more
+            pass
+    for f in futures:
+        try:
+            f.result()
+        except BaseException as e:  # noqa: BLE001
+            error = error or e
+    if error is not None:
+        raise error
 
 
 def _run(jobs, work, threads):
@@ -223,13 +278,13 @@ def _run(jobs, work, threads):
     lib = kernels()
     if lib is None:
         raise RuntimeError("prunekit: the native kernels are not available here (see prunekit.core.native)")
-    order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0].size)
-    if threads <= 1 or len(jobs) <= 1:
-        done = {i: work(lib, *jobs[i]) for i in order}
-    else:
-        futures = {i: _pool(threads).submit(work, lib, *jobs[i]) for i in order}
-        done = {i: f.result() for i, f in futures.items()}
-    return [done[i] for i in range(len(jobs))]
+    done = [None] * len(jobs)
+
+    def call(i):
+        done[i] = work(lib, *jobs[i])
+
+    _share(sorted(range(len(jobs)), key=lambda i: -jobs[i][0].size), call, threads)
+    return done
 
 
 def _check(i, w, out, prior):
@@ -250,7 +305,7 @@ def _check_zero(i, size, arrays):
                              f"shape {a.shape}); expected writable C-contiguous 4-byte entries, {size} of them")
 
 
-def select_masks(weights, counts, priors, outs, threads=1, zero=None):
+def select_masks(weights, counts, priors, outs, threads=1, zero=None, fresh=None):
     """Masks of unstructured tensors, computed by the native kernels (:func:`kernels` must not be None).
 
     ``weights``: 1-D C-contiguous float32 arrays; ``counts``: how many entries to prune in each
@@ -258,7 +313,9 @@ def select_masks(weights, counts, priors, outs, threads=1, zero=None):
     event, whose pruned entries must be 0.0 now); ``outs``: uint8 arrays of the weights' sizes to write
     the masks into (1 = kept); ``zero``: None or, per weight, a list of arrays of its size (4-byte entries,
     e.g. the weight itself, its gradient, its optimizer state) whose pruned entries become +0.0 in the same
-    pass. Returns one bool per tensor: True if its mask was written (and its arrays zeroed), False if the
+    pass; ``fresh``: None or, per weight, arrays as ``zero`` that are 0.0 already wherever its prior prunes
+    (it must have one): only the entries pruned now for the first time are written, and only the cache
+    lines holding one (an event that raises the sparsity a little touches a fraction of the memory). Returns one bool per tensor: True if its mask was written (and its arrays zeroed), False if the
     caller must decide it (an unlucky sample, a threshold among zeros, NaN or inf, a pruned entry that is
     not 0.0); then nothing of it was written.
     """
@@ -270,9 +327,18 @@ def select_masks(weights, counts, priors, outs, threads=1, zero=None):
             raise ValueError(f"prunekit: select_masks got tensor #{i} of shape {w.shape} with count {count}; "
                              "expected 1-D with 0 < count < size")
         arrays = [] if zero is None else list(zero[i])
-        _check_zero(i, w.size, arrays)
-        jobs.append((w.view(np.uint32), int(count), prior, out, arrays))
+        known = _fresh_arrays(i, fresh, prior)
+        _check_zero(i, w.size, arrays + known)
+        jobs.append((w.view(np.uint32), int(count), prior, out, arrays, known))
     return _run(jobs, _select_one, threads)
+
+
+def _fresh_arrays(i, fresh, prior):
+    known = [] if fresh is None else list(fresh[i])
+    if known and prior is None:
+        raise ValueError(f"prunekit: native kernels got arrays to zero where mask #{i} prunes anew but no "
+                         "previous mask to tell which entries those are")
+    return known
 
 
 def _groups_one(lib, keys, group_size, count, prior, out):
@@ -343,12 +409,38 @@ def block_scores(weights, blocks, priors, threads=1):
     return _run(jobs, _block_one, threads)
 
 
-def block_expand(kept, blocks, priors, outs, zero=None, threads=1):
+def block_select(scores, counts, befores, threads=1):
+    """Block decisions (uint8, 1 = stays) from :func:`block_scores`' results: in each ``scores[i]`` (float64,
+    finite, >= 0) ``counts[i]`` blocks go: those whose ``befores[i]`` (None, or uint8 with 1 where the block
+    kept an entry before) is 0 first, all of them even if more, then the lowest scores, equal ones at the
+    lower index first, as :func:`prunekit.core.masks.reference_mask` decides."""
+    jobs = []
+    for i, (sc, count) in enumerate(zip(scores, counts)):
+        before = None if befores is None else befores[i]
+        if (sc.dtype != np.float64 or sc.ndim != 1 or not sc.flags.c_contiguous or not 0 <= count <= sc.size
+                or (before is not None and (before.dtype != np.uint8 or before.shape != sc.shape))):
+            raise ValueError(f"prunekit: block_select got scores #{i} ({sc.dtype}, shape {sc.shape}) with count "
+                             f"{count}; expected 1-D C-contiguous float64 scores, 0 <= count <= size and uint8 "
+                             "flags of the same shape")
+        jobs.append((sc, int(count), None if before is None else np.ascontiguousarray(before)))
+
+    def work(lib, sc, count, before):
+        out = np.empty(sc.size, np.uint8)
+        if lib.pk_block_select(sc.ctypes.data, sc.size, None if before is None else before.ctypes.data, count,
+                               out.ctypes.data) < 0:
+            raise MemoryError(f"prunekit: no memory to select among {sc.size} block scores")
+        return out
+
+    return _run(jobs, work, threads)
+
+
+def block_expand(kept, blocks, priors, outs, zero=None, threads=1, fresh=None):
     """Entry masks from block decisions (:func:`block_scores`' order), one job per tensor: ``kept[i]``
     uint8 (1 = the block stays), ``blocks[i]`` its ``(r, c)``, ``priors``: None or uint8 entry masks to AND
     with, ``outs[i]``: C-contiguous uint8 arrays ``(out, in, *spatial)`` to write; ``zero``: None or, per
-    tensor, arrays of its size (4-byte entries) that get +0.0 where the mask is 0, in the same pass.
-    Returns how many entries each mask keeps."""
+    tensor, arrays of its size (4-byte entries) that get +0.0 where the mask is 0, in the same pass;
+    ``fresh``: None or, per tensor, arrays 0.0 already where its prior is 0, zeroed only where the prior
+    kept and the mask prunes (:func:`zero_where`). Returns how many entries each mask keeps."""
     jobs = []
     for i, (k, (r, c), out) in enumerate(zip(kept, blocks, outs)):
         prior = None if priors is None else priors[i]
@@ -360,13 +452,14 @@ def block_expand(kept, blocks, priors, outs, zero=None, threads=1):
             raise ValueError(f"prunekit: block_expand got an unusable tensor #{i} (mask {out.dtype} {out.shape}, "
                              f"{k.size} block decisions of {r}x{c})")
         arrays = [] if zero is None else list(zero[i])
-        _check_zero(i, out.size, arrays)
-        jobs.append((out, np.ascontiguousarray(k), int(r), int(c), prior, arrays))
+        known = _fresh_arrays(i, fresh, prior)
+        _check_zero(i, out.size, arrays + known)
+        jobs.append((out, np.ascontiguousarray(k), int(r), int(c), prior, arrays, known))
 
-    def work(lib, out, k, r, c, prior, arrays):
+    def work(lib, out, k, r, c, prior, arrays, known):
         stay = lib.pk_block_expand(k.ctypes.data, out.shape[0], out.shape[1], out[0, 0].size, r, c,
                                    None if prior is None else prior.ctypes.data, out.ctypes.data,
-                                   _pointers(arrays), len(arrays))
+                                   _pointers(arrays), len(arrays), _pointers(known), len(known))
         if stay < 0:
             raise MemoryError(f"prunekit: block_expand could not allocate {out[0].size} bytes")
         return stay
@@ -378,33 +471,34 @@ _SPLIT = 1 << 20  # entries per job of an update or a zeroing: big tensors split
 
 
 def _parallel(jobs, work, threads):
-    if threads <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            work(job)
-    else:
-        for future in [_pool(threads).submit(work, job) for job in jobs]:
-            future.result()
+    _share(range(len(jobs)), lambda i: work(jobs[i]), threads)
 
 
-def zero_where(masks, arrays, threads=1):
+def zero_where(masks, arrays, threads=1, priors=None, fresh=None):
     """For each ``masks[i]`` (uint8, 1 = kept), ``+0.0`` in every array of ``arrays[i]`` where the mask is 0
     (4-byte entries, C-contiguous, the mask's size), in place: one pass over memory per mask, however many
-    arrays share it (:func:`kernels` must not be None)."""
+    arrays share it (:func:`kernels` must not be None). ``fresh``: None or, per mask, arrays as ``arrays``
+    that are 0.0 already wherever ``priors[i]`` (uint8, the previous mask) is 0: they get +0.0 only where
+    the mask is 0 and the prior 1, and only the cache lines holding such an entry are written."""
     lib = kernels()
     if lib is None:
         raise RuntimeError("prunekit: the native kernels are not available here (see prunekit.core.native)")
     jobs = []
     for i, (mask, group) in enumerate(zip(masks, arrays)):
-        if mask.dtype != np.uint8 or not mask.flags.c_contiguous:
-            raise ValueError(f"prunekit: zero_where got mask #{i} of dtype {mask.dtype}; expected C-contiguous uint8")
-        group = list(group)
-        _check_zero(i, mask.size, group)
-        if group:
-            jobs.extend((mask, group, a, min(mask.size, a + _SPLIT)) for a in range(0, mask.size, _SPLIT))
+        prior = None if priors is None else priors[i]
+        for what, m in (("mask", mask), ("previous mask", prior)):
+            if m is not None and (m.dtype != np.uint8 or not m.flags.c_contiguous or m.size != mask.size):
+                raise ValueError(f"prunekit: zero_where got {what} #{i} of dtype {m.dtype} and size {m.size}; "
+                                 f"expected C-contiguous uint8 of size {mask.size}")
+        group, known = list(group), _fresh_arrays(i, fresh, prior)
+        _check_zero(i, mask.size, group + known)
+        if group or known:
+            jobs.extend((mask, group, prior, known, a, min(mask.size, a + _SPLIT)) for a in range(0, mask.size, _SPLIT))
 
     def work(job):
-        mask, group, a, b = job
-        lib.pk_zero(mask.ctypes.data + a, b - a, _pointers(group, a), len(group))
+        mask, group, prior, known, a, b = job
+        lib.pk_zero(mask.ctypes.data + a, b - a, _pointers(group, a), len(group),
+                    None if prior is None else prior.ctypes.data + a, _pointers(known, a), len(known))
 
     _parallel(jobs, work, threads)
 

@@ -387,12 +387,12 @@ class CompiledPruneEvent:
 
     @torch.no_grad()
     def blocks(self, items):
-        """``items``: ``[(weight, sparsity, prior or None, layout, tensors to zero)]`` with ``Block`` layouts.
+        """``items``: ``[(weight, sparsity, prior or None, layout, (tensors to zero, tensors to zero that are
+        0.0 wherever the prior prunes: only their newly pruned entries are written))]`` with ``Block`` layouts.
         Returns ``{index: mask}``. The native kernels score the blocks (the pass that dominated the eager
-        event), the eager selection ranks the scores, and a native pass expands the block decisions to the
-        entry mask, zeroing the given tensors (float32, contiguous, the weight's size) where it is 0. A
+        event), select among the scores (as the eager selection ranks them), and expand the block decisions to
+        the entry mask, zeroing the given tensors (float32, contiguous, the weight's size) where it is 0. A
         tensor holding NaN or inf is left to the eager path, which reports it, with nothing zeroed."""
-        from prunekit.torch import _select
         from prunekit.torch.engine import _native_zeroable, zero_pruned_
 
         if not items:
@@ -401,29 +401,28 @@ class CompiledPruneEvent:
         priors = [None if p is None else p.contiguous().view(torch.uint8).numpy() for _, _, p, _, _ in items]
         scored = native.block_scores([w.numpy() for w in weights], [layout.block for _, _, _, layout, _ in items],
                                      priors, threads=torch.get_num_threads())
-        chosen, todo = {}, []
-        for i, ((w, sparsity, prior, layout, _), (scores, kept)) in enumerate(zip(items, scored)):
-            if not np.isfinite(scores).all():
-                continue
-            scores = torch.from_numpy(scores).view(1, -1)
-            kept_before = None if prior is None else torch.from_numpy(kept).view(1, -1).bool()
-            chosen[i] = _select._select(scores, prune_count(sparsity, scores.shape[1]), kept_before)
-            todo.append(i)
+        todo = [i for i, (scores, _) in enumerate(scored) if np.isfinite(scores).all()]
         if not todo:
             return {}
+        chosen = dict(zip(todo, native.block_select([scored[i][0] for i in todo],
+                                                    [prune_count(items[i][1], scored[i][0].size) for i in todo],
+                                                    [scored[i][1] for i in todo], threads=torch.get_num_threads())))
         outs = {i: torch.empty(weights[i].shape, dtype=torch.uint8) for i in todo}
-        inline, rest = [], []  # per tensor: what the expansion zeroes; what it cannot (another dtype)
-        for i in todo:
+        inline, fresh, rest = [], [], []  # per tensor: what the expansion zeroes (all, or where newly pruned);
+        for i in todo:  # what it cannot (another dtype)
             flags = outs[i].view(torch.bool)
-            ts = [t.detach() for t in items[i][4]]
-            inline.append([t for t in ts if _native_zeroable(t, flags)])
-            rest.extend((t, flags) for t in ts if not _native_zeroable(t, flags))
-        native.block_expand([chosen[i].contiguous().view(-1).to(torch.uint8).numpy() for i in todo],
+            unknown, known = ([t.detach() for t in ts] for ts in items[i][4])
+            if priors[i] is None:
+                unknown, known = unknown + known, []
+            inline.append([t for t in unknown if _native_zeroable(t, flags)])
+            fresh.append([t for t in known if _native_zeroable(t, flags)])
+            rest.extend((t, flags) for t in unknown + known if not _native_zeroable(t, flags))
+        native.block_expand([chosen[i] for i in todo],
                             [items[i][3].block for i in todo], None if all(priors[i] is None for i in todo)
                             else [priors[i] if priors[i] is not None else np.ones(outs[i].numel(), np.uint8) for i in todo],
                             [outs[i].numpy() for i in todo], zero=[[t.numpy() for t in ts] for ts in inline],
-                            threads=torch.get_num_threads())
-        for ts in inline:  # written behind autograd's back: let it know, as an in-place op would
+                            threads=torch.get_num_threads(), fresh=[[t.numpy() for t in ts] for ts in fresh])
+        for ts in inline + fresh:  # written behind autograd's back: let it know, as an in-place op would
             for t in ts:
                 torch.autograd.graph.increment_version(t)
         if rest:
@@ -436,7 +435,7 @@ class CompiledPruneEvent:
     def _priors(items):
         """The previous masks of all items, None if none has one, False if only some do (then the eager
         path decides: one compiled graph takes either)."""
-        priors = [prior for _, _, prior, _ in items]
+        priors = [item[2] for item in items]
         if all(p is None for p in priors):
             return None
         return priors if all(p is not None for p in priors) else False
@@ -462,20 +461,25 @@ class CompiledPruneEvent:
         from prunekit.torch.engine import _native_zeroable, zero_pruned_
 
         outs = [torch.empty(f.numel(), dtype=torch.uint8) for f in flats]
-        inline, later = [], []  # per item: tensors the mask pass zeroes; those it cannot (another dtype)
-        for i, (w, _, _, states) in enumerate(items):
-            tensors = ([w.detach()] if zero_weights else []) + [s.detach() for s in states]
-            ok = [t for t in tensors if _native_zeroable(t.view(-1), outs[i].view(torch.bool))]
-            inline.append(ok)
-            later.append([t for t in tensors if not any(t is o for o in ok)])
-        decided = native.select_masks([f.numpy() for f in flats], [count for _, count, _, _ in items],
+        inline, fresh, later = [], [], []  # per item: what the mask pass zeroes (all, or where newly pruned);
+        for i, (w, _, _, states, known) in enumerate(items):  # what it cannot (another dtype)
+            # with a prior, the scan checks that the weights are 0.0 wherever it prunes (else nothing is decided)
+            weights = [w.detach()] if zero_weights else []
+            tensors = ([] if priors is not None else weights) + [s.detach() for s in states]
+            sure = ([] if priors is None else weights) + [s.detach() for s in known]
+            usable = lambda t: _native_zeroable(t.view(-1), outs[i].view(torch.bool))  # noqa: E731
+            inline.append([t for t in tensors if usable(t)])
+            fresh.append([t for t in sure if usable(t)])
+            later.append([t for t in tensors + sure if not usable(t)])
+        decided = native.select_masks([f.numpy() for f in flats], [item[1] for item in items],
                                       None if priors is None else [p.numpy() for p in priors],
                                       [o.numpy() for o in outs], threads=torch.get_num_threads(),
-                                      zero=[[t.view(-1).numpy() for t in ts] for ts in inline])
+                                      zero=[[t.view(-1).numpy() for t in ts] for ts in inline],
+                                      fresh=None if priors is None else [[t.view(-1).numpy() for t in ts] for ts in fresh])
         masks = {i: outs[i].view(torch.bool).view(items[i][0].shape) for i, ok in enumerate(decided) if ok}
         tensors, tensor_masks = [], []
         for i, mask in masks.items():
-            for t in inline[i]:  # written behind autograd's back: let it know, as an in-place op would
+            for t in inline[i] + fresh[i]:  # written behind autograd's back: let it know, as an in-place op would
                 torch.autograd.graph.increment_version(t)
             tensors.extend(later[i])
             tensor_masks.extend([mask] * len(later[i]))
@@ -488,10 +492,12 @@ class CompiledPruneEvent:
 
     @torch.no_grad()
     def __call__(self, items, zero_weights=True):
-        """``items``: ``[(weight, count, prior or None, [state tensors])]`` with ``0 < count < numel``.
+        """``items``: ``[(weight, count, prior or None, [state tensors], [state tensors 0.0 wherever the prior
+        prunes])]`` with ``0 < count < numel``.
 
         Returns ``{index into items: mask}`` for the tensors decided here; their states (and weights,
-        if ``zero_weights``) are already zeroed where the mask is False.
+        if ``zero_weights``) are already zeroed where the mask is False (the native kernels write only the
+        newly pruned entries of the second list; the inductor pass writes every pruned entry of both).
         """
         from prunekit.torch import _select
 
@@ -502,13 +508,13 @@ class CompiledPruneEvent:
             return {}
         if priors is not None:
             priors = [p.contiguous().view(-1).view(torch.uint8) for p in priors]
-        flats = [w.detach().view(-1) for w, _, _, _ in items]
+        flats = [item[0].detach().view(-1) for item in items]
         sizes = [f.numel() for f in flats]
         device = flats[0].device
         on_cpu = device.type == "cpu"
         if self._native_on(device):
             return self._native(items, flats, priors, zero_weights)
-        keys = self._brackets(flats, [count for _, count, _, _ in items])
+        keys = self._brackets(flats, [item[1] for item in items])
         flag_dtype = torch.float8_e4m3fn if on_cpu else torch.uint8
         flags, packed = self._counts(flats, keys[:, 0].contiguous(), keys[:, 1].contiguous(), priors, flag_dtype)
         inside = _select._true_positions(flags.view(torch.bool))
@@ -519,7 +525,7 @@ class CompiledPruneEvent:
         if on_cpu:  # the band of each tensor is small: numpy ranks it with far less per-call cost
             inside = inside.numpy()
         chosen, thresholds, cuts = [], [], []
-        for i, (packed_i, (_, count, _, _)) in enumerate(zip(packed.tolist(), items)):
+        for i, (packed_i, (_, count, *_)) in enumerate(zip(packed.tolist(), items)):
             below, odd = packed_i & 0xFFFFFFFF, packed_i >> 32
             in_band = edges[i + 1] - edges[i]
             if odd or not below < count <= below + in_band:
@@ -535,7 +541,7 @@ class CompiledPruneEvent:
             return {}
         masks, totals = self._masks([flats[i] for i in chosen], torch.tensor(thresholds, dtype=torch.float32, device=device),
                                     torch.tensor(cuts, dtype=torch.int32, device=device),
-                                    [[s.view(-1) for s in items[i][3]] for i in chosen], zero_weights,
+                                    [[s.view(-1) for s in items[i][3] + items[i][4]] for i in chosen], zero_weights,
                                     any(cut != sizes[i] for i, cut in zip(chosen, cuts)))
         for i, total in zip(chosen, totals.tolist()):
             if total != sizes[i] - items[i][1]:

@@ -63,25 +63,32 @@ def _native_zeroable(t, m):
             and t.numel() == m.numel())
 
 
-def zero_pruned_(tensors, masks):
+def zero_pruned_(tensors, masks, priors=None):
     """``t[~mask] = 0`` for each pair, in place, to +0.0.
 
     On a CPU with prunekit's native kernels, float32 tensors go through one pass per mask however many
     tensors share it (:func:`prunekit.core.native.zero_where`); the rest through one ``_foreach_mul_`` per
     device and dtype, multiplying a float tensor as its same-size integer view by the mask's bytes: the
     bits of a kept entry times 1 are unchanged, times 0 they are +0.0. Exact either way; see
-    docs/results.md for what each costs.
+    docs/results.md for what each costs. ``priors``: None, or per pair None or the mask ``t`` was last
+    zeroed with and is still 0.0 under (the caller knows it): the native pass then writes only the entries
+    pruned for the first time, and only the cache lines that hold one.
     """
     groups = defaultdict(lambda: ([], []))
     by_mask = {}
     lib = None
-    for t, m in zip(tensors, masks):
+    for i, (t, m) in enumerate(zip(tensors, masks)):
         t, m = _dist.local(t.detach()), _dist.local(m)  # a DTensor shard and its mask's shard
         if _native_zeroable(t, m):
             if lib is None:
                 lib = native.kernels() or False
             if lib:
-                by_mask.setdefault(id(m), (m, []))[1].append(t)
+                prior = None if priors is None else priors[i]
+                if prior is not None and not _native_zeroable(t, _dist.local(prior)):
+                    prior = None
+                prior = None if prior is None else _dist.local(prior)
+                entry = by_mask.setdefault((id(m), None if prior is None else id(prior)), (m, prior, [], []))
+                entry[2 if prior is None else 3].append(t)
                 continue
         int_dtype = _SAME_SIZE_INT.get(t.dtype)
         if int_dtype is not None:
@@ -92,11 +99,13 @@ def zero_pruned_(tensors, masks):
     for ts, ms in groups.values():
         torch._foreach_mul_(ts, ms)
     if by_mask:
-        pairs = list(by_mask.values())
-        native.zero_where([m.view(torch.uint8).numpy() for m, _ in pairs],
-                          [[t.numpy() for t in ts] for _, ts in pairs], threads=torch.get_num_threads())
-        for _, ts in pairs:  # written behind autograd's back: let it know, as an in-place op would
-            for t in ts:
+        entries = list(by_mask.values())
+        native.zero_where([m.view(torch.uint8).numpy() for m, _, _, _ in entries],
+                          [[t.numpy() for t in full] for _, _, full, _ in entries], threads=torch.get_num_threads(),
+                          priors=[None if p is None else p.view(torch.uint8).numpy() for _, p, _, _ in entries],
+                          fresh=[[t.numpy() for t in known] for _, _, _, known in entries])
+        for _, _, full, known in entries:  # written behind autograd's back: let it know, as an in-place op would
+            for t in full + known:
                 torch.autograd.graph.increment_version(t)
 
 
@@ -669,13 +678,15 @@ class PruningEngine:
                 self._after_zeroing(name, name in zeroed, name in grads_zeroed)
             self.sync_hooks()
         else:
-            self._install(new, zeroed=zeroed, grads_zeroed=grads_zeroed)
+            self._install(new, zeroed=zeroed, grads_zeroed=grads_zeroed, split=True)
 
     def _after_zeroing(self, name, weights, grad):
         """Records for a parameter whose new mask was just applied to its weights (``weights``) and to its
         gradient (``grad``), or not: a gradient masked with an older mask must be masked again."""
         if weights:
             self._note_clean(name)
+        else:  # clean under the previous mask at most
+            self._clean.pop(name, None)
         p = self._params[name]
         if grad and p.grad is not None:
             self._grad_ok[name] = (weakref.ref(p.grad), _version(p.grad))
@@ -723,12 +734,13 @@ class PruningEngine:
             items, names, groups, group_names, blocks, block_names, with_grad = by_device[p.device]
             layout = spec.pattern.layout(tuple(p.shape))
             sparsity = self._decide.sparsity_at(step, [spec.name], restored)
+            prior = old.get(spec.name)
             if compiled.takes_groups(p, layout):
-                groups.append((p, prune_count(sparsity, layout.group_size), old.get(spec.name), layout))
+                groups.append((p, prune_count(sparsity, layout.group_size), prior, layout))
                 group_names.append(spec.name)
                 continue
             if compiled.takes_blocks(p, layout):  # native only
-                blocks.append((p, sparsity, old.get(spec.name), layout, self._zero_targets(p)))
+                blocks.append((p, sparsity, prior, layout, self._split_known(spec.name, self._zero_targets(p))))
                 block_names.append(spec.name)
                 continue
             if not compiled.takes(p, layout):
@@ -741,7 +753,7 @@ class PruningEngine:
                 with_grad.append(spec.name)
             count = prune_count(sparsity, p.numel())
             if 0 < count < p.numel() and all(s.is_contiguous() for s in states):
-                items.append((p, count, old.get(spec.name), states))
+                items.append((p, count, prior, *self._split_known(spec.name, states)))
                 names.append(spec.name)
         done, grouped, zeroed, grads_zeroed = {}, {}, set(), set()
         for device, (items, names, groups, group_names, blocks, block_names, with_grad) in by_device.items():
@@ -754,8 +766,11 @@ class PruningEngine:
                 grads_zeroed.update(n for n in with_grad if n in decided)
             by_groups = {group_names[i]: mask for i, mask in compiled.groups(groups).items()}
             if inline and by_groups:  # one pass per mask over weights, state and gradient together
-                pairs = [(t, mask) for name, mask in by_groups.items() for t in self._zero_targets(self._params[name])]
-                zero_pruned_(*zip(*pairs))
+                triples = []
+                for name, mask in by_groups.items():
+                    unknown, known = self._split_known(name, self._zero_targets(self._params[name]))
+                    triples += [(t, mask, None) for t in unknown] + [(t, mask, old[name]) for t in known]
+                zero_pruned_(*zip(*triples))
                 zeroed.update(by_groups)
                 grads_zeroed.update(by_groups)
             grouped.update(by_groups)
@@ -764,6 +779,32 @@ class PruningEngine:
             grads_zeroed.update(by_blocks)
             grouped.update(by_blocks)
         return done, grouped, zeroed, grads_zeroed
+
+    def _split_known(self, name, tensors):
+        """``tensors`` (the weights of ``name``, their optimizer state, their gradient) as ``(unknown,
+        known)``: known are those still 0.0 wherever the current mask of ``name`` prunes, so that a new mask
+        need only write the entries it prunes anew. The weights are, when nothing changed them since they
+        were last masked (their version counter); the gradient, when a hook or an event masked this very
+        tensor and it has not changed since; the optimizer state of prunekit's own element-wise optimizers
+        (SGD, Adam, AdamW) always: every mask zeroes it, and an update from masked gradients and weights
+        keeps it 0, which every step between events relies on. A regrowing method's pruned entries are
+        live, and another optimizer's state is its own: neither is known."""
+        if name not in self.masks or self.config.regrows:
+            return list(tensors), []
+        p = self._params[name]
+        grad = self._plain_grad(p)
+        ok = self._grad_ok.get(name)
+        state_known = getattr(self._optimizer, "_prunekit_elementwise", False)
+        unknown, known = [], []
+        for t in tensors:
+            if t is p:
+                sure = self._clean.get(name) == (_version(p), _dist.local(p).data_ptr())
+            elif grad is not None and t is grad:
+                sure = ok is not None and ok[0]() is grad and _version(grad) == ok[1]
+            else:
+                sure = state_known
+            (known if sure else unknown).append(t)
+        return unknown, known
 
     def _zero_targets(self, p):
         """What a new mask of ``p`` zeroes: the weights, their optimizer state, a dense gradient."""
@@ -789,13 +830,13 @@ class PruningEngine:
         self._store.put(restored=restored)
         self._install(masks)
 
-    def _install(self, masks, zeroed=(), grads_zeroed=()):
+    def _install(self, masks, zeroed=(), grads_zeroed=(), split=False):
         """Store ``masks``; zero what they prune in the weights, gradients and optimizer state, except
         the weights and state of the tensors in ``zeroed`` and the gradients of those in ``grads_zeroed``
-        (done already)."""
-        self._store.put(masks=masks)
-        self._masks = None
-        tensors, tensor_masks, grads = [], [], set(grads_zeroed)
+        (done already). ``split``: the current masks are the previous ones of a prune event: tensors known
+        to be 0.0 under them (:meth:`_split_known`) get only the newly pruned entries written."""
+        old = self.masks if split else {}
+        triples, grads = [], set(grads_zeroed)
         for spec, p in self._specs:
             mask = masks.get(spec.name)
             if mask is None:
@@ -804,11 +845,12 @@ class PruningEngine:
             if spec.name not in grads_zeroed and self._plain_grad(p) is not None:
                 targets.append(p.grad)
                 grads.add(spec.name)
-            for t in targets:
-                tensors.append(t)
-                tensor_masks.append(mask)
-        if tensors:
-            zero_pruned_(tensors, tensor_masks)
+            unknown, known = self._split_known(spec.name, targets) if spec.name in old else (targets, [])
+            triples += [(t, mask, None) for t in unknown] + [(t, mask, old[spec.name]) for t in known]
+        self._store.put(masks=masks)
+        self._masks = None
+        if triples:
+            zero_pruned_(*zip(*triples))
         for spec, p in self._specs:
             if spec.name in masks:
                 self._after_zeroing(spec.name, True, spec.name in grads)

@@ -5,8 +5,9 @@
  * keys of non-negative floats order as the floats do, so comparisons of keys rank magnitudes exactly.
  * Unstructured tensors: pk_bracket, pk_scan and pk_mask are the three passes of a selection whose logic
  * (the tie rule, when to give up) lives in Python. N:M groups and banks: pk_groups (up to 8 members)
- * and pk_banks (any size) decide whole tensors. Blocks: pk_block_scores scores them (the selection
- * over the scores is torch's). Every result equals prunekit/core/masks.py's. */
+ * and pk_banks (any size) decide whole tensors. Blocks: pk_block_scores scores them, pk_block_select
+ * decides them, pk_block_expand spreads the decisions over the entries. Every result equals
+ * prunekit/core/masks.py's. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +22,7 @@
 #define BINS (1u << (31 - SHIFT))
 
 /* Bumped whenever a signature or a meaning changes (the loader checks it). */
-int pk_abi(void) { return 10; }
+int pk_abi(void) { return 12; }
 
 /* 1 when built with AVX2 and the CPU running it has AVX2 (asked with cpuid; nothing here executes AVX2
  * before this answers, so the library loads on any x86-64 CPU). */
@@ -152,21 +153,64 @@ static inline void zero_span(const uint8_t *restrict keep, int64_t n, uint32_t *
     }
 }
 
+/* Zero, in each of the nfresh arrays, the entries keep[i] prunes that prior[i] kept (both 0 or 1): the entries
+ * pruned for the first time. Those arrays must hold 0 already wherever prior is 0 (zeroed with it before, and
+ * kept so since); then this leaves them exactly as zero_span would. A span with no such entry is not touched;
+ * one with few writes only the runs of 16 entries (a cache line of floats) that hold one; one with many is
+ * zeroed whole, as zero_span does: a scattered line costs a memory round trip (~50 ns here), a streamed one
+ * a small part of that: below about one line in 32 the scattered writes win. */
+static inline void fresh_span(const uint8_t *restrict keep, const uint8_t *restrict prior, int64_t n,
+                              uint32_t *const *fresh, int64_t nfresh, int64_t at)
+{
+    int64_t runs = n / 16;
+    uint32_t went = 0;  /* entries pruned anew: a bound on the runs to write (a sum the compiler vectorizes) */
+    for (int64_t i = 0; i < n; i++) went += prior[i] & (keep[i] ^ 1);
+    if (went == 0) return;
+    if ((int64_t)went * 32 > runs) {
+        zero_span(keep, n, fresh, nfresh, at);
+        return;
+    }
+    uint64_t tail = 0;
+    for (int64_t i = 16 * runs; i < n; i++) tail |= (uint64_t)(prior[i] & (keep[i] ^ 1));
+    for (int64_t r = 0; r < runs; r++) {
+        uint64_t k[2], p[2];
+        memcpy(k, keep + 16 * r, 16);
+        memcpy(p, prior + 16 * r, 16);
+        if (!((p[0] & ~k[0]) | (p[1] & ~k[1]))) continue;
+        uint32_t m[16];
+        for (int i = 0; i < 16; i++) m[i] = -(uint32_t)keep[16 * r + i];
+        for (int64_t j = 0; j < nfresh; j++) {
+            uint32_t *restrict z = fresh[j] + at + 16 * r;
+            for (int i = 0; i < 16; i++) z[i] &= m[i];
+        }
+    }
+    if (tail)
+        for (int64_t j = 0; j < nfresh; j++) {
+            uint32_t *restrict z = fresh[j] + at;
+            for (int64_t i = 16 * runs; i < n; i++) z[i] &= -(uint32_t)keep[i];
+        }
+}
+
 #define ZCHUNK 4096
 
-/* zero_span over keep[0:n] in slices of ZCHUNK entries: each slice of the mask is read from cache by
- * every array, so the whole is one pass over memory. */
-void pk_zero(const uint8_t *keep, int64_t n, uint32_t *const *zero, int64_t nzero)
+/* zero_span over keep[0:n] in slices of ZCHUNK entries (and fresh_span with prior, which nfresh > 0 needs):
+ * each slice of the mask is read from cache by every array, so the whole is one pass over memory. */
+void pk_zero(const uint8_t *keep, int64_t n, uint32_t *const *zero, int64_t nzero, const uint8_t *prior,
+             uint32_t *const *fresh, int64_t nfresh)
 {
-    for (int64_t a = 0; a < n; a += ZCHUNK)
-        zero_span(keep + a, n - a < ZCHUNK ? n - a : ZCHUNK, zero, nzero, a);
+    for (int64_t a = 0; a < n; a += ZCHUNK) {
+        int64_t b = n - a < ZCHUNK ? n - a : ZCHUNK;
+        zero_span(keep + a, b, zero, nzero, a);
+        if (nfresh) fresh_span(keep + a, prior + a, b, fresh, nfresh, a);
+    }
 }
 
 /* out[i] = 1 where the entry stays: key > t, or key == t at an index >= cut (the tie rule); else 0.
  * In the same pass (ZCHUNK entries at a time), the nzero arrays (which may include w itself: its keys
- * of a slice are read before they are zeroed) get +0.0 where the entry goes. Returns how many stay. */
+ * of a slice are read before they are zeroed) get +0.0 where the entry goes, and the nfresh arrays
+ * where it goes and prior (which nfresh > 0 needs) kept it (fresh_span). Returns how many stay. */
 int64_t pk_mask(const uint32_t *w, int64_t n, uint32_t t, int64_t cut, uint8_t *out, uint32_t *const *zero,
-                int64_t nzero)
+                int64_t nzero, const uint8_t *prior, uint32_t *const *fresh, int64_t nfresh)
 {
     int64_t kept = 0, c = cut < n ? (cut > 0 ? cut : 0) : n;
     for (int64_t a = 0; a < n; a += ZCHUNK) {
@@ -184,6 +228,7 @@ int64_t pk_mask(const uint32_t *w, int64_t n, uint32_t t, int64_t cut, uint8_t *
             kept += k;
         }
         zero_span(oa, b, zero, nzero, a);
+        if (nfresh) fresh_span(oa, prior + a, b, fresh, nfresh, a);
     }
     return kept;
 }
@@ -364,7 +409,7 @@ int64_t pk_groups(const uint32_t *w, int64_t blocks, int64_t m, int64_t S, const
 
 static void swap64(uint64_t *a, uint64_t *b) { uint64_t t = *a; *a = *b; *b = t; }
 
-/* the k-th smallest (0-based) of n distinct values; reorders a */
+/* the k-th smallest (0-based) of n values (equal ones allowed); reorders a */
 static uint64_t select_kth(uint64_t *a, int64_t n, int64_t k)
 {
     int64_t lo = 0, hi = n - 1;
@@ -503,8 +548,58 @@ banks_chunk(const uint32_t *restrict w, int64_t base, int64_t cs, int64_t B, int
     return odd;
 }
 
-/* As pk_groups for groups of any size B >= 2; scratch: room for B + B * CHUNK * 6 / 8 values.
- * Positions are taken CHUNK at a time, each lane one bank, in loops along the positions (vectorized):
+/* pk_banks for one bank of consecutive entries g[0:B] (S == 1: 1x1 convolutions, linear layers), in loops
+ * along its members that the compiler vectorizes: one makes the keys (members pruned before: UINT32_MAX, above
+ * every key) and counts what was pruned before; a bank that must prune r <= 2 more takes its smallest key r
+ * times (the first of equal keys goes first: the tie rule). The ramp's events mostly prune none or one
+ * more per bank: this costs a fifth of transposing CHUNK banks side by side (banks_chunk), measured on
+ * 1M-entry tensors; for 3 to FEW more, banks_chunk costs less. keys: room for B values. */
+static int64_t bank_one(const uint32_t *restrict g, const uint8_t *restrict p, int64_t B, int64_t count,
+                        uint8_t *restrict o, uint32_t *restrict keys, uint64_t *scratch)
+{
+    int32_t bad = 0, pruned = 0;
+    for (int64_t j = 0; j < B; j++) {
+        uint32_t k = g[j] & KEY_MASK;
+        int32_t gone = p ? p[j] == 0 : 0;
+        bad += k > MAX_FINITE;
+        pruned += gone;
+        keys[j] = gone ? UINT32_MAX : k;
+    }
+    int64_t r = (count > pruned ? count : pruned) - pruned;
+    if (r > 2) {  /* not for few_more's banks: kept for any caller */
+        select_bank(g, p, B, 1, r, o, scratch);
+        return bad;
+    }
+    int32_t none = r >= B - pruned;  /* every member goes (select_bank's r >= n) */
+    for (int64_t j = 0; j < B; j++) o[j] = (uint8_t)(!none && keys[j] != UINT32_MAX);
+    if (none) return bad;
+    for (int64_t i = 0; i < r; i++) {
+        uint32_t lo = UINT32_MAX;
+        for (int64_t j = 0; j < B; j++) lo = keys[j] < lo ? keys[j] : lo;
+        int64_t at = 0;
+        while (keys[at] != lo) at++;
+        keys[at] = UINT32_MAX;
+        o[at] = 0;
+    }
+    return bad;
+}
+
+/* Whether each of the cs banks of B consecutive entries from prior (None: nothing pruned before) prunes at
+ * most 2 more to prune count. */
+static int few_more(const uint8_t *restrict prior, int64_t cs, int64_t B, int64_t count)
+{
+    if (!prior) return count <= 2;
+    for (int64_t t = 0; t < cs; t++) {
+        int32_t kept = 0;
+        for (int64_t j = 0; j < B; j++) kept += prior[t * B + j];
+        if (count - (B - kept) > 2) return 0;
+    }
+    return 1;
+}
+
+/* As pk_groups for groups of any size B >= 2; scratch: room for B + B * CHUNK * 6 / 8 values. Banks of
+ * consecutive entries (S == 1) that prune at most 2 more go one at a time (bank_one). Otherwise positions
+ * are taken CHUNK at a time, each lane one bank, in loops along the positions (vectorized):
  * a pass counts what each bank pruned before; where a bank must prune up to FEW more, a pass keeps its
  * FEW smallest keys (a min/max insertion), one counts the keys below the threshold, one writes the
  * mask with the tie rule (the first of the equal keys go). Banks that must prune more than FEW run a
@@ -515,12 +610,19 @@ int64_t pk_banks(const uint32_t *w, int64_t blocks, int64_t B, int64_t S, const 
     int64_t odd = 0;
     if (S < CHUNK) {
         /* few positions per block: CHUNK banks (of any blocks and positions) at a time, copied side by side
-         * into scratch (members CHUNK apart) so that the passes run along contiguous lanes */
+         * into scratch (members CHUNK apart) so that the passes run along contiguous lanes; banks of
+         * consecutive entries that all prune at most 2 more go one at a time instead (bank_one) */
         uint32_t *tw = (uint32_t *)(scratch + B);
         uint8_t *tp = (uint8_t *)(tw + B * CHUNK), *to = tp + B * CHUNK;
         int64_t banks = blocks * S;
         for (int64_t q0 = 0; q0 < banks; q0 += CHUNK) {
             int64_t cs = banks - q0 < CHUNK ? banks - q0 : CHUNK, at[CHUNK];
+            if (S == 1 && few_more(prior ? prior + q0 * B : NULL, cs, B, count)) {
+                for (int64_t t = 0; t < cs; t++)
+                    odd += bank_one(w + (q0 + t) * B, prior ? prior + (q0 + t) * B : NULL, B, count,
+                                    out + (q0 + t) * B, tw, scratch);
+                continue;
+            }
             for (int64_t t = 0; t < cs; t++) at[t] = (q0 + t) / S * B * S + (q0 + t) % S;
             for (int64_t j = 0; j < B; j++)
                 for (int64_t t = 0; t < cs; t++) {
@@ -546,9 +648,11 @@ int64_t pk_banks(const uint32_t *w, int64_t blocks, int64_t B, int64_t S, const 
 /* The entry mask of a weight (O, I, *spatial) (S spatial positions) from the decisions of its r x c blocks
  * (kept[(s * (O / r) + o / r) * (I / c) + i / c], 0 or 1: pk_block_scores' order), ANDed with prior (if
  * given: a previous entry mask); each output row's I * S entries are written, then the nzero arrays get
- * +0.0 where the row's mask is 0. Returns how many entries stay, or -1 when out of memory. */
+ * +0.0 where the row's mask is 0, and the nfresh arrays where it is 0 and prior is 1 (fresh_span; nfresh > 0
+ * needs prior). Returns how many entries stay, or -1 when out of memory. */
 int64_t pk_block_expand(const uint8_t *kept, int64_t O, int64_t I, int64_t S, int64_t r, int64_t c,
-                        const uint8_t *prior, uint8_t *out, uint32_t *const *zero, int64_t nzero)
+                        const uint8_t *prior, uint8_t *out, uint32_t *const *zero, int64_t nzero,
+                        uint32_t *const *fresh, int64_t nfresh)
 {
     int64_t ob = O / r, ib = I / c, plane = ob * ib, n = I * S, stay = 0;
     uint8_t *base = malloc(n > 0 ? n : 1);  /* one block row's decisions spread over an output row */
@@ -573,12 +677,86 @@ int64_t pk_block_expand(const uint8_t *kept, int64_t O, int64_t I, int64_t S, in
             int64_t kept_row = 0;
             for (int64_t j = 0; j < n; j++) kept_row += row[j];
             stay += kept_row;
-            for (int64_t a = 0; a < n; a += ZCHUNK)
-                zero_span(row + a, n - a < ZCHUNK ? n - a : ZCHUNK, zero, nzero, o * n + a);
+            for (int64_t a = 0; a < n; a += ZCHUNK) {
+                int64_t b = n - a < ZCHUNK ? n - a : ZCHUNK;
+                zero_span(row + a, b, zero, nzero, o * n + a);
+                if (nfresh) fresh_span(row + a, prior + o * n + a, b, fresh, nfresh, o * n + a);
+            }
         }
     }
     free(base);
     return stay;
+}
+
+/* The decisions (1 = stays) of n blocks scored by pk_block_scores (finite, >= 0; the caller checks) after
+ * pruning count of them: the blocks that kept no entry before (before[i] == 0, if before is given) first,
+ * all of them even if more than count, then the lowest scores, equal ones at the lower index first (the
+ * reference's rule). A non-negative double's bits order as its value: a pass makes a histogram of the top
+ * SEL_BITS bits of the other blocks' keys, the bin that holds the r-th smallest is copied out for
+ * select_kth, and a last pass decides; three branch-light passes instead of a selection over all scores.
+ * Returns how many stay, or -1 when out of memory. */
+#define SEL_BITS 12
+int64_t pk_block_select(const double *scores, int64_t n, const uint8_t *before, int64_t count, uint8_t *out)
+{
+    uint32_t hist[1 << SEL_BITS] = {0}, part[3][1 << SEL_BITS] = {{0}};
+    const int shift = 63 - SEL_BITS;
+    const uint64_t low = (1u << SEL_BITS) - 1;
+    int64_t pruned = 0, i = 0;
+    /* four histograms side by side: neighbouring blocks often share a bin, and one counter would make
+     * each increment wait for the one before */
+    for (; i + 4 <= n; i += 4) {
+        uint64_t k[4];
+        memcpy(k, scores + i, 32);
+        int g0 = before && !before[i], g1 = before && !before[i + 1];
+        int g2 = before && !before[i + 2], g3 = before && !before[i + 3];
+        pruned += g0 + g1 + g2 + g3;
+        hist[(k[0] >> shift) & low] += !g0;
+        part[0][(k[1] >> shift) & low] += !g1;
+        part[1][(k[2] >> shift) & low] += !g2;
+        part[2][(k[3] >> shift) & low] += !g3;
+    }
+    for (; i < n; i++) {
+        uint64_t k;
+        memcpy(&k, scores + i, 8);
+        int gone = before && !before[i];
+        pruned += gone;
+        hist[(k >> shift) & low] += !gone;
+    }
+    for (uint64_t b = 0; b <= low; b++) hist[b] += part[0][b] + part[1][b] + part[2][b];
+    int64_t m = n - pruned, r = (count > pruned ? count : pruned) - pruned;
+    if (r >= m) {
+        memset(out, 0, (size_t)n);
+        return 0;
+    }
+    if (r == 0) {
+        for (int64_t i = 0; i < n; i++) out[i] = (uint8_t)(!before || before[i]);
+        return m;
+    }
+    int64_t below = 0;
+    uint64_t bin = 0;
+    while (below + hist[bin] < r) below += hist[bin++];
+    uint64_t *keys = malloc((size_t)hist[bin] * sizeof *keys);
+    if (!keys) return -1;
+    int64_t c = 0, room = hist[bin];
+    for (int64_t i = 0; i < n && c < room; i++) {  /* branch-free: which blocks were kept is noise */
+        uint64_t k;
+        memcpy(&k, scores + i, 8);
+        keys[c] = k;
+        c += (before ? before[i] != 0 : 1) & ((k >> shift) == bin);
+    }
+    uint64_t cut = select_kth(keys, c, r - below - 1);
+    int64_t less = below;
+    for (int64_t j = 0; j < c; j++) less += keys[j] < cut;
+    int64_t ties = r - less;  /* of the keys equal to the cut, this many go: the first */
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t k;
+        memcpy(&k, scores + i, 8);
+        int64_t kept = before ? before[i] != 0 : 1, equal = kept & (k == cut);
+        out[i] = (uint8_t)(kept & ((k > cut) | (equal & (ties <= 0))));
+        ties -= equal;
+    }
+    free(keys);
+    return m - r;
 }
 
 /* -- blocks ---------------------------------------------------------------------------------------------
