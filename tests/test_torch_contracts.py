@@ -552,8 +552,8 @@ def test_native_events_zero_in_their_mask_pass_as_the_torch_event_does(row, dtyp
 @table(dtypes=[torch.float32], groups=(1,))
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4", "bank16", "block4x4", "global"])
 def test_events_zero_what_is_not_known_to_be_zero_and_spare_what_is(row, dtype, device, groups, pattern):
-    """An event writes +0.0 wherever its mask prunes in what changed behind the optimizer's back (weights and
-    gradients edited in place) and in another optimizer's state; in the state of prunekit's own element-wise
+    """An event writes +0.0 wherever its mask prunes in what changed behind the optimizer's back (weights
+    edited through ``.data``, gradients edited in place) and in another optimizer's state; in the state of prunekit's own element-wise
     optimizers, known to be 0.0 wherever the previous mask pruned, it need only write what it prunes anew:
     an event that prunes nothing new leaves a value planted there untouched (nothing was written)."""
     from prunekit.core import native
@@ -578,7 +578,7 @@ def test_events_zero_what_is_not_known_to_be_zero_and_spare_what_is(row, dtype, 
         with torch.no_grad():
             for name, mask in masks.items():
                 p = params[name]
-                p[~mask] = 7.0
+                p.data[~mask] = 7.0  # through .data: no version counter moves
                 p.grad[~mask] = 5.0
                 for s in engine._state_tensors(p):
                     s[~mask] = 3.0

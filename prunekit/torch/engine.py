@@ -783,12 +783,14 @@ class PruningEngine:
     def _split_known(self, name, tensors):
         """``tensors`` (the weights of ``name``, their optimizer state, their gradient) as ``(unknown,
         known)``: known are those still 0.0 wherever the current mask of ``name`` prunes, so that a new mask
-        need only write the entries it prunes anew. The weights are, when nothing changed them since they
-        were last masked (their version counter); the gradient, when a hook or an event masked this very
-        tensor and it has not changed since; the optimizer state of prunekit's own element-wise optimizers
-        (SGD, Adam, AdamW) always: every mask zeroes it, and an update from masked gradients and weights
-        keeps it 0, which every step between events relies on. A regrowing method's pruned entries are
-        live, and another optimizer's state is its own: neither is known."""
+        need only write the entries it prunes anew. The gradient is, when a hook or an event masked this
+        very tensor and it has not changed since (its version counter); the optimizer state of prunekit's
+        own element-wise optimizers (SGD, Adam, AdamW) always: every mask zeroes it, and an update from
+        masked gradients and weights keeps it 0, which every step between events relies on. The weights
+        never are here: an edit through ``p.data`` moves no version counter, and an event is where such an
+        edit is caught (the native unstructured pass checks them itself and writes only new entries when
+        they are clean). A regrowing method's pruned entries are live, and another optimizer's state is
+        its own: neither is known."""
         if name not in self.masks or self.config.regrows:
             return list(tensors), []
         p = self._params[name]
@@ -798,7 +800,7 @@ class PruningEngine:
         unknown, known = [], []
         for t in tensors:
             if t is p:
-                sure = self._clean.get(name) == (_version(p), _dist.local(p).data_ptr())
+                sure = False
             elif grad is not None and t is grad:
                 sure = ok is not None and ok[0]() is grad and _version(grad) == ok[1]
             else:
