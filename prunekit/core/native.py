@@ -314,8 +314,8 @@ def select_masks(weights, counts, priors, outs, threads=1, zero=None, fresh=None
     the masks into (1 = kept); ``zero``: None or, per weight, a list of arrays of its size (4-byte entries,
     e.g. the weight itself, its gradient, its optimizer state) whose pruned entries become +0.0 in the same
     pass; ``fresh``: None or, per weight, arrays as ``zero`` that are 0.0 already wherever its prior prunes
-    (it must have one): only the entries pruned now for the first time are written, and only the cache
-    lines holding one (an event that raises the sparsity a little touches a fraction of the memory). Returns one bool per tensor: True if its mask was written (and its arrays zeroed), False if the
+    (it must have one): only the entries pruned now for the first time are written (see ``fresh_span`` in
+    select.c). Returns one bool per tensor: True if its mask was written (and its arrays zeroed), False if the
     caller must decide it (an unlucky sample, a threshold among zeros, NaN or inf, a pruned entry that is
     not 0.0); then nothing of it was written.
     """

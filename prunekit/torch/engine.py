@@ -83,10 +83,9 @@ def zero_pruned_(tensors, masks, priors=None):
             if lib is None:
                 lib = native.kernels() or False
             if lib:
-                prior = None if priors is None else priors[i]
-                if prior is not None and not _native_zeroable(t, _dist.local(prior)):
+                prior = None if priors is None or priors[i] is None else _dist.local(priors[i])
+                if prior is not None and not _native_zeroable(t, prior):
                     prior = None
-                prior = None if prior is None else _dist.local(prior)
                 entry = by_mask.setdefault((id(m), None if prior is None else id(prior)), (m, prior, [], []))
                 entry[2 if prior is None else 3].append(t)
                 continue
