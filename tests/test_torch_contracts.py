@@ -461,10 +461,11 @@ def _largest_relative_difference(a_model, b_model):
 @table(dtypes=[torch.float32, torch.bfloat16], groups=(1,))
 def test_the_default_step_needs_no_masking_pass(row, dtype, device, groups):
     """SGDSparse/AdamSparse/AdamWSparse run the bare base step between events (pruned weights, gradients and
-    state are 0, and the updates are element-wise), or for Adam on CPU one native pass: the generic path
-    (attach: masks after every update) must give the same weights and state, bit for bit, and the native
-    Adam pass the same within a few float32 ulps (or the difference between torch's own fused and for-loop
-    Adam, where that is larger)."""
+    state are 0, and the updates are element-wise), or on CPU one native pass: the generic path (attach:
+    masks after every update) must give the same weights and state, bit for bit, the native SGD pass too
+    (torch's CPU add-with-alpha is a fused multiply-add, and so is the kernel's), and the native Adam pass
+    the same within a few float32 ulps (or the difference between torch's own fused and for-loop Adam,
+    where that is larger)."""
     if row.sparse is None or row.regrows:
         pytest.skip("attach rows are the generic path; a regrowing method has one step for every optimizer")
     supported(row, dtype, device)
@@ -481,6 +482,9 @@ def test_the_default_step_needs_no_masking_pass(row, dtype, device, groups):
         assert_same(fast, generic, a, b)
         return
     assert dtype == torch.float32 and device == "cpu" and native_step.steps >= 18
+    if isinstance(a, torch.optim.SGD):
+        assert_same(fast, generic, a, b)
+        return
     loop, fused = net(dtype, device), net(dtype, device)
     kwargs = {k: v for k, v in row.kwargs.items() if k not in ("foreach", "fused")}
     run(loop, row.base(loop.parameters(), **kwargs, foreach=False), batches)
@@ -548,6 +552,58 @@ def test_native_events_zero_in_their_mask_pass_as_the_torch_event_does(row, dtyp
             assert (p.grad[~engine.masks[name]] == 0).all() and (p[~engine.masks[name]] == 0).all()
             ok = engine._grad_ok[name]
             assert ok[0]() is p.grad and ok[1] == p.grad._version and name not in engine._deferred
+
+@table(dtypes=[torch.float32], groups=(1,))
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4", "bank16", "block4x4", "global"])
+def test_an_event_left_to_the_native_update_ends_as_one_that_zeroes(row, dtype, device, groups, pattern):
+    """By default on CPU an event writes no zeros: the native update right after it writes them in the pass
+    it makes anyway. Weights, state, gradients and masks end as when the event zeroes them itself, bit for
+    bit, and for SGD as with torch's own step; every pruned entry is +0.0, also for a weight edited through
+    ``.data`` before an event and for a parameter with no gradient at one."""
+    from prunekit.core import native
+
+    if device != "cpu" or native.kernels() is None:
+        pytest.skip("the native kernels run on x86-64 CPUs with AVX2 and a C compiler")
+    if row.regrows or row.sparse is None:
+        pytest.skip("only prunekit's own element-wise optimizers take the native update")
+    prune = dict(PRUNE, pattern=pattern, target_sparsity=None if ":" in pattern else PRUNE["target_sparsity"])
+    models = [wide_net() for _ in range(3)]
+    opts = [build(row, m, groups, **prune) for m in models]
+    if row.kwargs.get("fused") or row.kwargs.get("amsgrad"):
+        pytest.skip(f"{row.id}: torch's own step runs (the native update takes neither fused nor amsgrad)")
+    zeroing = opts[1].pruning
+    zeroing.before_update = lambda defer=False, by_update=False, engine=zeroing: \
+        type(engine).before_update(engine, defer=defer)  # the event zeroes, the native step follows
+    opts[2]._prunekit_native = None  # torch's step
+    twins = [1, 2] if isinstance(opts[0], torch.optim.SGD) else [1]
+    g = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(6, 160, generator=g), torch.randn(6, 8, generator=g)) for _ in range(7)]
+    for step, batch in enumerate(batches):
+        for model, opt in zip(models, opts):
+            backward(model, *batch)
+            if step == 3:  # an event: one weight edited behind autograd's back, one parameter without gradient
+                with torch.no_grad():
+                    mask = opt.pruning.masks["0.weight"]
+                    model[0].weight.data[~mask] = 7.0
+                model[2].weight.grad = None
+            opt.step()
+        engine = opts[0].pruning
+        assert not engine._deferred
+        for name, p in models[0].named_parameters():
+            if name in engine.masks:
+                pruned = ~engine.masks[name]
+                tensors = [p.detach()] + engine._state_tensors(p) + ([] if p.grad is None else [p.grad])
+                assert all((_bits(t)[pruned] == 0).all() for t in tensors), name
+        for i in twins:
+            assert_same(models[0], models[i], opts[0], opts[i])
+            for a, b in zip(models[0].parameters(), models[i].parameters()):
+                assert (a.grad is None) == (b.grad is None) and (a.grad is None or torch.equal(a.grad, b.grad))
+    assert opts[0]._prunekit_native.steps >= 5
+
+
+def _bits(t):
+    return t.detach().contiguous().view(torch.int32)
+
 
 @table(dtypes=[torch.float32], groups=(1,))
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4", "bank16", "block4x4", "global"])

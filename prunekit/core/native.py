@@ -1,4 +1,4 @@
-"""Native kernels for prune events on CPU (unstructured, N:M, banks): built on first use, optional, exact.
+"""Native kernels for prune events and updates on CPU: built on first use, optional, exact.
 
 An unstructured prune event must find, in each tensor, the ``count``-th smallest magnitude, and do it
 exactly (the masks equal :mod:`prunekit.core.masks`). :func:`select_masks` does it in three passes over
@@ -18,7 +18,11 @@ into a cache directory:
 groups per AVX2 instruction); longer banks keep each bank's few smallest keys when it prunes at most 8
 more than before, and run a selection per bank otherwise.
 
-The kernels use AVX2: they are built only on x86-64 CPUs that have it, with ``cc`` (or ``$CC``), and
+:func:`sgd_steps` and :func:`adam_steps` are the default SGD and Adam/AdamW updates of ``prunekit.torch``'s
+optimizers on CPU: one pass per tensor, torch's arithmetic, with the mask that writes the zeros of what a
+prune event has just pruned (see ``prunekit/torch/_native_step.py``).
+
+The kernels use AVX2 and FMA: they are built only on x86-64 CPUs that have them, with ``cc`` (or ``$CC``), and
 ``PRUNEKIT_NATIVE=0`` turns them off. Anything that goes wrong while building or loading them gives one
 warning and :func:`kernels` returns None: callers then use their own (slower) path. Tensors are split
 between ``threads`` Python threads; the C calls release the GIL.
@@ -43,15 +47,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["kernels", "select_masks", "zero_where", "block_expand", "group_masks", "block_scores", "block_select", "SAMPLE_STRIDE", "SIGMAS", "sample_ranks", "rank_band"]
+__all__ = ["kernels", "select_masks", "zero_where", "block_expand", "group_masks", "block_scores", "block_select",
+           "sgd_steps", "adam_steps", "SAMPLE_STRIDE", "SIGMAS", "sample_ranks", "rank_band"]
 
 SAMPLE_STRIDE = 17  # prime, so the sample does not line up with a kernel or channel period
 SIGMAS = 3.5
-_ABI = 12
+_ABI = 13
 _BINS = 1 << 16
 _CHUNK = 64  # CHUNK in select.c
 _SOURCE = Path(__file__).with_name("_native") / "select.c"
-_FLAGS = ["-O3", "-mavx2", "-fno-math-errno", "-shared", "-fPIC", "-std=c99"]
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-fno-math-errno", "-shared", "-fPIC", "-std=c99"]
 
 _lock = threading.Lock()
 _loaded = {}  # "kernels": the loaded library or None (also when it failed: no retry, one warning)
@@ -132,8 +137,8 @@ def _load():
         if lib.pk_abi() != _ABI:
             raise RuntimeError("the built library does not match this prunekit")
         if lib.pk_simd() != 1:  # the CPU itself answers (cpuid), not a parse of /proc/cpuinfo
-            warnings.warn("prunekit: this CPU lacks AVX2, which the native prune-event kernels need; prune "
-                          "events use the torch path", RuntimeWarning, stacklevel=3)
+            warnings.warn("prunekit: this CPU lacks AVX2 or FMA, which the native kernels need; prune "
+                          "events and updates use the torch path", RuntimeWarning, stacklevel=3)
             return None
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         warnings.warn(f"prunekit: native prune-event kernels unavailable ({err}); prune events use the "
@@ -156,7 +161,10 @@ def _load():
     lib.pk_banks.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr, ptr]
     f32 = ctypes.c_float
     lib.pk_adam.restype = None
-    lib.pk_adam.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, f32, f32, f32, f32, f32, f32, f32, f32, ctypes.c_int]
+    lib.pk_adam.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, f32, f32, f32, f32, f32, f32, f32, f32, ctypes.c_int,
+                            ctypes.c_int]
+    lib.pk_sgd.restype = None
+    lib.pk_sgd.argtypes = [ptr, ptr, ptr, ptr, i64, f32, f32, f32, f32, ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.pk_block_scores.restype = i64
     lib.pk_block_scores.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr]
     lib.pk_block_select.restype = i64
@@ -503,24 +511,61 @@ def zero_where(masks, arrays, threads=1, priors=None, fresh=None):
     _parallel(jobs, work, threads)
 
 
-def adam_steps(tensors, hyper, threads=1):
-    """One Adam/AdamW step for each ``(w, g, m, v, mask or None)`` of C-contiguous float32 arrays (uint8 mask),
-    in place. ``hyper``: one dict per tensor with ``decay_mul, l2, beta1, beta2, neg_step, bc2_sqrt, eps,
-    maximize`` (see ``pk_adam`` in ``_native/select.c``)."""
+def _update_jobs(tensors, hyper):
+    """Jobs of at most ``_SPLIT`` entries (two threads share a big tensor evenly), the arrays checked."""
     jobs = []
-    for (w, g, m, v, mask), h in zip(tensors, hyper):
+    for i, (arrays, h) in enumerate(zip(tensors, hyper)):
+        *floats, mask, zero_grad = arrays
+        w = floats[0]
+        for a in floats:
+            if a is not None and (a.dtype != np.float32 or a.size != w.size or not a.flags.c_contiguous
+                                  or not a.flags.writeable):
+                raise ValueError(f"prunekit: an update got an unusable array for tensor #{i} ({a.dtype}, shape "
+                                 f"{a.shape}); expected writable C-contiguous float32 of {w.size} entries")
+        if mask is not None and (mask.dtype != np.uint8 or mask.size != w.size or not mask.flags.c_contiguous):
+            raise ValueError(f"prunekit: an update got mask #{i} of dtype {mask.dtype} and size {mask.size}; "
+                             f"expected C-contiguous uint8 of size {w.size}")
         for start in range(0, w.size, _SPLIT):
-            jobs.append((w, start, min(w.size, start + _SPLIT), g, m, v, mask, h))
+            jobs.append((floats, mask, bool(zero_grad) and mask is not None, start, min(w.size, start + _SPLIT), h))
+    return jobs
+
+
+def _addr(a, start):
+    return None if a is None else a.ctypes.data + a.itemsize * start
+
+
+def sgd_steps(tensors, hyper, threads=1):
+    """One SGD step for each ``(w, g, momentum buffer or None, mask or None, zero_grad)``: C-contiguous
+    float32 arrays, a uint8 mask (1 = kept; weights and buffer come out +0.0 where it is 0, and the
+    gradient too with ``zero_grad``), in place. ``hyper``: one dict per tensor with ``weight_decay,
+    momentum, dampening, lr, nesterov, maximize`` (``momentum`` 0: no buffer; see ``pk_sgd`` in
+    ``_native/select.c`` for the arithmetic, torch's single-tensor SGD's)."""
     lib = kernels()
     if lib is None:
         raise RuntimeError("prunekit: the native kernels are not available here (see prunekit.core.native)")
 
     def work(job):
-        w, a, b, g, m, v, mask, h = job
-        size = w.itemsize
-        lib.pk_adam(w.ctypes.data + a * size, g.ctypes.data + a * size, m.ctypes.data + a * size,
-                    v.ctypes.data + a * size, None if mask is None else mask.ctypes.data + a, b - a,
-                    h["decay_mul"], h["l2"], 1.0 - h["beta1"], h["beta2"], 1.0 - h["beta2"], h["neg_step"],
-                    h["bc2_sqrt"], h["eps"], int(h["maximize"]))
+        (w, g, b), mask, zero_grad, a, z, h = job
+        if h["momentum"] != 0 and b is None:
+            raise ValueError("prunekit: an SGD update with momentum needs its momentum buffer")
+        lib.pk_sgd(_addr(w, a), _addr(g, a), _addr(b, a), _addr(mask, a), z - a, h["weight_decay"], h["momentum"],
+                   1.0 - h["dampening"], -h["lr"], int(h["nesterov"]), int(h["maximize"]), int(zero_grad))
 
-    _parallel(jobs, work, threads)
+    _parallel(_update_jobs(tensors, hyper), work, threads)
+
+
+def adam_steps(tensors, hyper, threads=1):
+    """One Adam/AdamW step for each ``(w, g, m, v, mask or None, zero_grad)`` of C-contiguous float32 arrays
+    (uint8 mask, as :func:`sgd_steps`'), in place. ``hyper``: one dict per tensor with ``decay_mul, l2,
+    beta1, beta2, neg_step, bc2_sqrt, eps, maximize`` (see ``pk_adam`` in ``_native/select.c``)."""
+    lib = kernels()
+    if lib is None:
+        raise RuntimeError("prunekit: the native kernels are not available here (see prunekit.core.native)")
+
+    def work(job):
+        (w, g, m, v), mask, zero_grad, a, z, h = job
+        lib.pk_adam(_addr(w, a), _addr(g, a), _addr(m, a), _addr(v, a), _addr(mask, a), z - a,
+                    h["decay_mul"], h["l2"], 1.0 - h["beta1"], h["beta2"], 1.0 - h["beta2"], h["neg_step"],
+                    h["bc2_sqrt"], h["eps"], int(h["maximize"]), int(zero_grad))
+
+    _parallel(_update_jobs(tensors, hyper), work, threads)

@@ -500,16 +500,14 @@ class PruningEngine:
         self._grad_ok[name] = (weakref.ref(p.grad), _version(p.grad))
 
     @torch.no_grad()
-    def mask_grads(self):
+    def mask_grads(self, skip=()):
         """Zero the gradients of pruned entries that no hook has zeroed since they were last written
-        (set by hand, changed in place, or before this engine's hooks existed)."""
+        (set by hand, changed in place, or before this engine's hooks existed); ``skip``: names whose
+        gradients the caller masks."""
         masks, dense, dense_masks = self.masks, [], []
         for spec, p in self._specs:
             mask, grad = masks.get(spec.name), p.grad
-            if mask is None or grad is None:
-                continue
-            ok = self._grad_ok.get(spec.name)
-            if ok is not None and ok[0]() is grad and _version(grad) == ok[1]:
+            if mask is None or grad is None or spec.name in skip or self._grad_clean(spec.name, p):
                 continue
             if grad.is_sparse or grad.requires_grad:
                 self._mask_grad(spec.name, p)
@@ -554,25 +552,31 @@ class PruningEngine:
         return self._decide.is_event(self.step_count, bool(self.masks))
 
     @torch.no_grad()
-    def before_update(self, defer=False):
+    def before_update(self, defer=False, by_update=False):
         """Restore masks on the first step, run a prune event when one is due.
 
         ``defer``: the event only computes and stores the masks; zeroing the pruned weights and
         optimizer state is left to the update (a compiled step masks both) or to
-        :meth:`flush_deferred`, which the caller must run before any other update.
+        :meth:`flush_deferred`, which the caller must run before any other update. ``by_update``
+        (with ``defer``): not even the native kernels zero anything; the caller's next call is
+        :meth:`masked_update`, whose update writes every zero.
         """
         if self._hooks == {} and self.masks:
             self.sync_hooks()  # after a copy or unpickling
         if self.config.restore_sparsity and not self.masks:
             self.restore()
         if self._event_due():
-            self.prune_event(defer=defer)
+            self.prune_event(defer=defer, by_update=defer and by_update)
 
     @torch.no_grad()
-    def flush_deferred(self, weights=True):
+    def flush_deferred(self, weights=True, only=None):
         """Zero what the last deferred event pruned: optimizer state, gradients, and weights unless
-        ``weights=False`` (for an update that :meth:`after_update` masks right after)."""
-        names, self._deferred = self._deferred, set()
+        ``weights=False`` (for an update that :meth:`after_update` masks right after); ``only``: these
+        names of it, the rest stays deferred."""
+        if only is None:
+            names, self._deferred = self._deferred, set()
+        else:
+            names, self._deferred = self._deferred & set(only), self._deferred - set(only)
         masks = self.masks
         pairs = [(t, masks[s.name]) for s, p in self._specs if s.name in names
                  for t in ([p] if weights else []) + self._state_tensors(p)]
@@ -584,15 +588,60 @@ class PruningEngine:
                 self._note_clean(name)
 
     @torch.no_grad()
-    def clean_weights(self):
-        """Zero pruned weights changed outside the optimizer since its last step (a load, a manual edit)."""
+    def masked_update(self, update, stepped, l1=False):
+        """Run ``update(masks, zero_grads)``: an element-wise update of the parameters ``stepped`` that, for
+        each parameter in ``masks``, writes +0.0 to its weights and state wherever its mask prunes (the
+        native step), and to its gradient if it is in ``zero_grads``. The others are clean: their pruned
+        weights, gradients and state are 0.0, which an element-wise update keeps. ``masks`` holds what an
+        event deferred to this update (:meth:`before_update` with ``by_update``), written in the pass the
+        update makes anyway, and weights or gradients changed since this engine last zeroed them (a load,
+        an edit, a gradient no hook masked); what the update does not step (no gradient) is zeroed here.
+        Then the step is counted (``l1``: the L1 pull is added to the gradients first, and every mask goes
+        to the update)."""
+        stepped = {id(p) for p in stepped}
+        names = {s.name for s, p in self._specs if id(p) in stepped}
+        deferred = self._deferred
+        self.flush_deferred(only=deferred - names)
+        self._deferred = set()
+        self.clean_weights(skip=names)
+        masks, dirty, zero_grads = self.masks, {}, set()
+        for spec, p in self._specs:  # the plan steps only parameters with plain gradients
+            mask = masks.get(spec.name)
+            if spec.name not in names or mask is None:
+                continue
+            grad_dirty = not self._grad_clean(spec.name, p)
+            if l1 or grad_dirty or spec.name in deferred or not self._weights_clean(spec.name, p):
+                dirty[p] = mask
+            if grad_dirty:
+                zero_grads.add(p)
+        self.mask_grads(skip=names)
+        if l1:
+            self.add_l1()
+        update(dirty, zero_grads)
+        for spec, p in self._specs:
+            if p in zero_grads:
+                self._grad_ok[spec.name] = (weakref.ref(p.grad), _version(p.grad))
+        self.after_update(masked=True)
+
+    def _weights_clean(self, name, p):
+        """Whether ``p`` holds its zeros: unchanged since this engine last zeroed or updated it."""
+        return self._clean.get(name) == (_version(p), _dist.local(p).data_ptr())
+
+    def _grad_clean(self, name, p):
+        """Whether ``p.grad`` is the gradient this engine masked last, unchanged since."""
+        ok = self._grad_ok.get(name)
+        return ok is not None and ok[0]() is p.grad and _version(p.grad) == ok[1]
+
+    @torch.no_grad()
+    def clean_weights(self, skip=()):
+        """Zero pruned weights changed outside the optimizer since its last step (a load, a manual edit);
+        ``skip``: names whose update writes their zeros itself."""
         masks, pairs, names = self.masks, [], []
         for spec, p in self._specs:
             mask = masks.get(spec.name)
-            if mask is None:
+            if mask is None or spec.name in skip:
                 continue
-            seen = self._clean.get(spec.name)
-            if seen is None or seen != (_version(p), _dist.local(p).data_ptr()):
+            if not self._weights_clean(spec.name, p):
                 pairs.append((p, mask))
                 names.append(spec.name)
         if pairs:
@@ -641,12 +690,14 @@ class PruningEngine:
                                    "masks cannot be ranked (lower the learning rate or clip gradients)")
 
     @torch.no_grad()
-    def prune_event(self, defer=False):
+    def prune_event(self, defer=False, by_update=False):
         """Recompute every mask at the current step, zero pruned weights, their gradients and optimizer
-        state (``defer``: see :meth:`before_update`; tensors whose masks the native kernels decide are
-        zeroed in their mask pass even then, which costs less than a pass of its own later)."""
+        state (``defer``, ``by_update``: see :meth:`before_update`; with ``defer`` alone, tensors whose masks
+        the native kernels decide are zeroed in their mask pass, which costs less than a pass of its own
+        later)."""
         step, old, restored = self.step_count, self.masks, self._store.restored()
-        new, grouped, zeroed, grads_zeroed = self._compiled_masks(step, old, restored, zero=not defer)
+        new, grouped, zeroed, grads_zeroed = self._compiled_masks(step, old, restored, zero=not defer,
+                                                                  write=not by_update)
         new.update(grouped)
         global_specs = [(s, p) for s, p in self._specs if s.pattern.is_global]
         if self._sharded:
@@ -717,12 +768,12 @@ class PruningEngine:
         except _select.NonFiniteWeights as error:
             raise self._non_finite(error.args[0]) from None
 
-    def _compiled_masks(self, step, old, restored, zero):
+    def _compiled_masks(self, step, old, restored, zero, write=True):
         """Masks by name from the compiled event: ``(whole tensors, grouped patterns, names whose weights and
         state were zeroed, names whose gradients were)``. On a CPU the native kernels zero weights, state and
-        gradients with the masks they decide, always (in the mask pass, in the blocks' expansion, or, for N:M
-        groups and banks, in one pass right after); inductor zeroes weights and state when ``zero``, and its
-        groups nothing. Tensors on different devices go separately."""
+        gradients with the masks they decide, unless not ``write`` (in the mask pass, in the blocks'
+        expansion, or, for N:M groups and banks, in one pass right after); inductor zeroes weights and state
+        when ``zero``, and its groups nothing. Tensors on different devices go separately."""
         compiled = self.compiled_event
         if compiled is None:
             return {}, {}, set(), set()
@@ -739,12 +790,13 @@ class PruningEngine:
                 group_names.append(spec.name)
                 continue
             if compiled.takes_blocks(p, layout):  # native only
-                blocks.append((p, sparsity, prior, layout, self._split_known(spec.name, self._zero_targets(p))))
+                blocks.append((p, sparsity, prior, layout, self._split_known(spec.name, self._zero_targets(p))
+                               if write else ([], [])))
                 block_names.append(spec.name)
                 continue
             if not compiled.takes(p, layout):
                 continue
-            inline = compiled._native_on(p.device)
+            inline = compiled._native_on(p.device) and write
             states = self._state_tensors(p) if zero or inline else []
             grad = self._plain_grad(p) if inline else None
             if grad is not None and grad.is_contiguous():
@@ -756,7 +808,7 @@ class PruningEngine:
                 names.append(spec.name)
         done, grouped, zeroed, grads_zeroed = {}, {}, set(), set()
         for device, (items, names, groups, group_names, blocks, block_names, with_grad) in by_device.items():
-            inline = compiled._native_on(device)
+            inline = compiled._native_on(device) and write
             decided = {names[i]: mask for i, mask in compiled(items, zero_weights=zero or inline).items()}
             done.update(decided)
             if zero or inline:
@@ -774,8 +826,9 @@ class PruningEngine:
                 grads_zeroed.update(by_groups)
             grouped.update(by_groups)
             by_blocks = {block_names[i]: mask for i, mask in compiled.blocks(blocks).items()}
-            zeroed.update(by_blocks)
-            grads_zeroed.update(by_blocks)
+            if write:
+                zeroed.update(by_blocks)
+                grads_zeroed.update(by_blocks)
             grouped.update(by_blocks)
         return done, grouped, zeroed, grads_zeroed
 

@@ -7,8 +7,9 @@ step *is* the base step, so results are bit-identical.
 How a step keeps pruned entries at exactly 0.0: their gradients are zeroed as ``backward()`` accumulates
 them (a hook per pruned tensor, see :mod:`prunekit.torch.engine`) and their optimizer state is zeroed at
 the event that prunes them. For SGD, Adam and AdamW, whose updates are element-wise, a weight, gradient
-and state that are all 0 stay 0, so between events the step is the base step alone (for Adam and AdamW
-on CPU, one native pass: :mod:`prunekit.torch._native_step`). An optimizer attached with :func:`attach`
+and state that are all 0 stay 0, so between events the step is the base step alone (on CPU, one native
+pass per tensor with torch's arithmetic, which at a prune event also writes the zeros of what it pruned:
+:mod:`prunekit.torch._native_step`). An optimizer attached with :func:`attach`
 may mix entries (LAMB, LARS, Shampoo), so its weights are also masked after every update.
 """
 
@@ -99,8 +100,8 @@ class SparseOptimizerMixin:
         if compile_step:
             _compile(self, True, _COMPILED_STEP[type(self).__name__], event=False)
         if native_step:
-            from prunekit.torch._native_step import NativeAdamStep
-            self._prunekit_native = NativeAdamStep()
+            from prunekit.torch._native_step import native_step_for
+            self._prunekit_native = native_step_for(self)
 
     def __reduce_ex__(self, protocol):
         cls = type(self)
@@ -159,20 +160,29 @@ class SparseOptimizerMixin:
         if engine.config.regrows:  # feedback, SR-STE: the dense weights live in the state
             from prunekit.torch.methods import regrowing_step
             return regrowing_step(self, closure)
-        # an event's zeroing waits until it is known how the update runs (a compiled step does it)
-        engine.before_update(defer=closure is None)
         compiled = getattr(self, "_prunekit_compiled", None)
-        if compiled is not None and closure is None and not engine.config.L1_regularization:
+        native_step = getattr(self, "_prunekit_native", None)
+        elementwise = self._prunekit_elementwise
+        # the default on CPU: one native pass per tensor that also writes the zeros of what an event prunes
+        plan = (native_step.plan(self) if closure is None and compiled is None and elementwise
+                and native_step is not None else None)
+        # an event's zeroing waits until it is known how the update runs (a compiled or native step does it)
+        engine.before_update(defer=closure is None, by_update=plan is not None)
+        l1 = engine.config.L1_regularization
+        grad_scale = getattr(self, "grad_scale", None)
+        # before the first event (no masks) the step stays torch's own, bit for bit
+        if plan is not None and engine.masks:
+            engine.masked_update(lambda masks, zero_grads: native_step.run(self, plan, masks, zero_grads),
+                                 [item[0] for item in plan], l1=l1)
+            return None
+        if compiled is not None and closure is None and not l1:
             engine.mask_grads()
             if compiled(self, engine.masks_by_param()):
                 engine.after_update(masked=True)
                 return None
         engine.flush_deferred()
-        elementwise = self._prunekit_elementwise
         if elementwise:
             engine.clean_weights()
-        l1 = engine.config.L1_regularization
-        grad_scale = getattr(self, "grad_scale", None)
 
         def prepare():
             engine.mask_grads()
@@ -181,11 +191,6 @@ class SparseOptimizerMixin:
 
         if closure is None:
             prepare()
-            native_step = getattr(self, "_prunekit_native", None)
-            # before the first event (no masks) the step stays torch's own, bit for bit
-            if elementwise and native_step is not None and engine.masks and native_step(self, engine.masks_by_param()):
-                engine.after_update(masked=True)
-                return None
             loss = self._base_step()
         else:
             def processed_closure():
@@ -248,9 +253,9 @@ def _compile(optimizer, compile_step, step_class, event=True):
         optimizer._prunekit_compiled = getattr(compiled, step_class)()
     if event:
         optimizer._prunekit.compiled_event = compiled.CompiledPruneEvent(inductor=compile_step)
-    if step_class == "CompiledAdamStep" and not compile_step:
-        from prunekit.torch._native_step import NativeAdamStep
-        optimizer._prunekit_native = NativeAdamStep()
+    if step_class is not None and not compile_step:
+        from prunekit.torch._native_step import native_step_for
+        optimizer._prunekit_native = native_step_for(optimizer)
 
 
 class SGDSparse(SparseOptimizerMixin, torch.optim.SGD):
@@ -267,9 +272,9 @@ class SGDSparse(SparseOptimizerMixin, torch.optim.SGD):
             ``L1_regularization``, ``l1_strength``, ``exponent``, ``method`` (``"magnitude"``,
             ``"feedback"`` or ``"sr-ste"``: see :mod:`prunekit.torch.methods`), ``sr_ste_decay``).
         compile_step: fuse the update and the masks with ``torch.compile``, and run prune events
-            on unstructured float32 tensors as compiled passes (see :mod:`prunekit.torch.compiled`):
-            a step at about the speed of plain SGD and events ~2x faster, after a compile of tens of
-            seconds (needs a C++ compiler on CPU). Off by default.
+            on unstructured float32 tensors as compiled passes (see :mod:`prunekit.torch.compiled`),
+            after a compile of tens of seconds (needs a C++ compiler on CPU). Off by default: on CPU the
+            default native update and events are as fast; on CUDA it fuses the masked update.
 
     Example:
         >>> import torch, prunekit.torch as pruning

@@ -22,15 +22,15 @@
 #define BINS (1u << (31 - SHIFT))
 
 /* Bumped whenever a signature or a meaning changes (the loader checks it). */
-int pk_abi(void) { return 12; }
+int pk_abi(void) { return 13; }
 
-/* 1 when built with AVX2 and the CPU running it has AVX2 (asked with cpuid; nothing here executes AVX2
- * before this answers, so the library loads on any x86-64 CPU). */
+/* 1 when built with AVX2 and FMA and the CPU running it has both (asked with cpuid; nothing here executes
+ * either before this answers, so the library loads on any x86-64 CPU). */
 int pk_simd(void)
 {
 #ifdef __AVX2__
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") ? 1 : 0;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
 #else
     return 0;
 #endif
@@ -811,42 +811,126 @@ int64_t pk_block_scores(const float *w, int64_t O, int64_t I, int64_t S, int64_t
     return 0;
 }
 
-/* One Adam / AdamW step over w[0:n] in float32, in the order of torch's single-tensor Adam (weight decay,
- * the first moment by lerp, the second by mul and addcmul, then addcdiv with sqrt(v) / bc2_sqrt + eps), one
- * pass instead of five. Entries whose mask byte is 0 are pruned: weight, moments stay exactly 0 (their
- * gradient and moments are 0 already; the mask keeps that true whatever comes in). mask may be NULL.
- * The mask multiplies (bytes 0 or 1, as bool tensors hold them): a select would not vectorise.
- * decay_mul: 1 - lr * weight_decay (AdamW), applied first; l2: weight_decay for Adam's L2 (grad += l2 * w);
- * neg_step: -lr / (1 - beta1^t); bc2_sqrt: sqrt(1 - beta2^t). Written so the compiler vectorises it
- * (branch-free blends); no FMA contraction (-std=c99), so each product rounds as torch's separate ops do
- * where torch does not fuse. */
-void pk_adam(float *restrict w, const float *restrict g, float *restrict m, float *restrict v,
-             const uint8_t *restrict mask, int64_t n, float decay_mul,
-             float l2, float one_minus_beta1, float beta2, float one_minus_beta2, float neg_step, float bc2_sqrt,
-             float eps, int maximize)
+/* -- element-wise updates -----------------------------------------------------------------------------------
+ * One optimizer step per tensor in one pass, with its mask (NULL: none; bytes 0 or 1, as bool tensors hold
+ * them): where it is 0, the weight and its state come out +0.0 whatever went in (a bitwise AND with the
+ * mask spread to 32 bits: a multiply would give -0.0 for a negative value and NaN for NaN). A prune event
+ * leaves its newly pruned entries to the update that follows it: this writes them in the pass the update
+ * makes anyway. With zero_grad, the gradient gets +0.0 where the mask is 0 too, written back only in the
+ * UPD-entry chunks that hold a pruned entry whose gradient is not +0.0 (a masked gradient is left alone). */
+#define UPD 64
+
+static inline uint32_t bits_of(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
+static inline float float_of(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
+
+/* The gradient's chunk [a, a + e) to +0.0 where the mask is 0, if any such entry is not +0.0 yet. */
+static inline __attribute__((always_inline)) void
+zero_grad_chunk(float *restrict g, const uint8_t *restrict mask, int64_t a, int64_t e)
+{
+    uint32_t dirty = 0;
+    for (int64_t i = a; i < a + e; i++) dirty |= bits_of(g[i]) & ((uint32_t)mask[i] - 1u);
+    if (dirty)
+        for (int64_t i = a; i < a + e; i++) g[i] = float_of(bits_of(g[i]) & -(uint32_t)mask[i]);
+}
+
+/* SGD as torch's single-tensor SGD computes it on CPU, whose add with alpha is a fused multiply-add
+ * (ATen's vectorised fmadd): g' = -g if maximize; g' = fma(w, wd, g') with weight decay; with momentum
+ * b = fma(g', 1 - dampening, b * momentum) and the direction b, or fma(b, momentum, g') with Nesterov;
+ * then w = fma(direction, -lr, w). WD, MOM, NEST, MASK: known when compiled (four loops, no branch). */
+static inline __attribute__((always_inline)) void
+sgd_impl(float *restrict w, float *restrict g, float *restrict b, const uint8_t *restrict mask, int64_t n, float wd,
+         float momentum, float damp1, float neg_lr, float sign, int zero_grad, const int WD, const int MOM,
+         const int NEST, const int MASK)
+{
+    const int64_t span = MASK && zero_grad ? UPD : n;  /* chunks only to find the gradient's to write */
+    for (int64_t a = 0; a < n; a += span) {
+        int64_t e = n - a < span ? n - a : span;
+        for (int64_t i = a; i < a + e; i++) {
+            float gi = sign * g[i];
+            if (WD) gi = fmaf(w[i], wd, gi);
+            float d = gi, bi = 0.0f;
+            if (MOM) {
+                bi = fmaf(gi, damp1, b[i] * momentum);
+                d = NEST ? fmaf(bi, momentum, gi) : bi;
+            }
+            float wi = fmaf(d, neg_lr, w[i]);
+            if (MASK) {
+                uint32_t k = -(uint32_t)mask[i];
+                wi = float_of(bits_of(wi) & k);
+                bi = float_of(bits_of(bi) & k);
+            }
+            w[i] = wi;
+            if (MOM) b[i] = bi;
+        }
+        if (MASK && zero_grad) zero_grad_chunk(g, mask, a, e);
+    }
+}
+
+#define SGD_CASE(WD, MOM, NEST, MASK) \
+    sgd_impl(w, g, b, mask, n, wd, momentum, damp1, neg_lr, sign, zero_grad, WD, MOM, NEST, MASK)
+
+/* One SGD step over w[0:n] (b: the momentum buffer, unused without momentum). */
+void pk_sgd(float *w, float *g, float *b, const uint8_t *mask, int64_t n, float wd, float momentum, float damp1,
+            float neg_lr, int nesterov, int maximize, int zero_grad)
 {
     const float sign = maximize ? -1.0f : 1.0f;  /* -g exactly, without a branch in the loop */
+    const int has_wd = wd != 0.0f, has_mom = momentum != 0.0f, nest = has_mom && nesterov;
     if (!mask) {
-        for (int64_t i = 0; i < n; i++) {
+        if (has_wd) {
+            if (nest) SGD_CASE(1, 1, 1, 0); else if (has_mom) SGD_CASE(1, 1, 0, 0); else SGD_CASE(1, 0, 0, 0);
+        } else {
+            if (nest) SGD_CASE(0, 1, 1, 0); else if (has_mom) SGD_CASE(0, 1, 0, 0); else SGD_CASE(0, 0, 0, 0);
+        }
+    } else if (has_wd) {
+        if (nest) SGD_CASE(1, 1, 1, 1); else if (has_mom) SGD_CASE(1, 1, 0, 1); else SGD_CASE(1, 0, 0, 1);
+    } else {
+        if (nest) SGD_CASE(0, 1, 1, 1); else if (has_mom) SGD_CASE(0, 1, 0, 1); else SGD_CASE(0, 0, 0, 1);
+    }
+}
+
+/* One Adam / AdamW step over w[0:n] in float32, in the order of torch's single-tensor Adam (weight decay,
+ * the first moment by lerp, the second by mul and addcmul, then addcdiv with sqrt(v) / bc2_sqrt + eps), one
+ * pass instead of five. decay_mul: 1 - lr * weight_decay (AdamW), applied first; l2: weight_decay for
+ * Adam's L2 (grad += l2 * w); neg_step: -lr / (1 - beta1^t); bc2_sqrt: sqrt(1 - beta2^t). Written so the
+ * compiler vectorises it (branch-free); no FMA contraction (-std=c99), so each product rounds as torch's
+ * separate ops do where torch does not fuse. mask, zero_grad: as pk_sgd's. */
+static inline __attribute__((always_inline)) void
+adam_impl(float *restrict w, float *restrict g, float *restrict m, float *restrict v, const uint8_t *restrict mask,
+          int64_t n, float decay_mul, float l2, float one_minus_beta1, float beta2, float one_minus_beta2,
+          float neg_step, float bc2_sqrt, float eps, float sign, int zero_grad, const int MASK)
+{
+    const int64_t span = MASK && zero_grad ? UPD : n;
+    for (int64_t a = 0; a < n; a += span) {
+        int64_t e = n - a < span ? n - a : span;
+        for (int64_t i = a; i < a + e; i++) {
             float wi = w[i] * decay_mul;
             float grad = sign * g[i] + l2 * wi;
             float mi = m[i] + one_minus_beta1 * (grad - m[i]);
             float vi = v[i] * beta2 + one_minus_beta2 * (grad * grad);
-            w[i] = wi + neg_step * (mi / (sqrtf(vi) / bc2_sqrt + eps));
+            float out = wi + neg_step * (mi / (sqrtf(vi) / bc2_sqrt + eps));
+            if (MASK) {
+                uint32_t k = -(uint32_t)mask[i];
+                out = float_of(bits_of(out) & k);
+                mi = float_of(bits_of(mi) & k);
+                vi = float_of(bits_of(vi) & k);
+            }
+            w[i] = out;
             m[i] = mi;
             v[i] = vi;
         }
-        return;
+        if (MASK && zero_grad) zero_grad_chunk(g, mask, a, e);
     }
-    for (int64_t i = 0; i < n; i++) {
-        float wi = w[i] * decay_mul;
-        float grad = sign * g[i] + l2 * wi;
-        float mi = m[i] + one_minus_beta1 * (grad - m[i]);
-        float vi = v[i] * beta2 + one_minus_beta2 * (grad * grad);
-        float out = wi + neg_step * (mi / (sqrtf(vi) / bc2_sqrt + eps));
-        float keep = (float)mask[i];  /* masks are bool bytes: 0 or 1 */
-        w[i] = out * keep;
-        m[i] = mi * keep;
-        v[i] = vi * keep;
-    }
+}
+
+void pk_adam(float *w, float *g, float *m, float *v, const uint8_t *mask, int64_t n, float decay_mul, float l2,
+             float one_minus_beta1, float beta2, float one_minus_beta2, float neg_step, float bc2_sqrt, float eps,
+             int maximize, int zero_grad)
+{
+    const float sign = maximize ? -1.0f : 1.0f;
+    if (mask)
+        adam_impl(w, g, m, v, mask, n, decay_mul, l2, one_minus_beta1, beta2, one_minus_beta2, neg_step, bc2_sqrt,
+                  eps, sign, zero_grad, 1);
+    else
+        adam_impl(w, g, m, v, mask, n, decay_mul, l2, one_minus_beta1, beta2, one_minus_beta2, neg_step, bc2_sqrt,
+                  eps, sign, 0, 0);
 }
