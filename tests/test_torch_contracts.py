@@ -605,6 +605,85 @@ def _bits(t):
     return t.detach().contiguous().view(torch.int32)
 
 
+def _twins(make):
+    """The default optimizer and one on torch's step (``_prunekit_native = None``) on two copies of a net."""
+    models = [wide_net(), wide_net()]
+    opts = [make(m) for m in models]
+    opts[1]._prunekit_native = None
+    return models, opts
+
+
+def _assert_pruned_zero(model, opt):
+    engine = opt.pruning
+    for name, p in model.named_parameters():
+        if name in engine.masks:
+            pruned = ~engine.masks[name]
+            for t in [p.detach()] + [v for v in opt.state[p].values()
+                                     if torch.is_tensor(v) and v.is_floating_point() and v.shape == p.shape]:
+                assert (_bits(t)[pruned] == 0).all(), name
+
+
+def test_a_momentum_schedule_at_zero_during_an_event_keeps_pruned_weights_zero():
+    """A schedule that takes SGD's momentum to 0 (OneCycleLR, CyclicLR) leaves the buffer in the state; if an
+    event falls there, the native update masks the buffer too, so pruned weights stay 0 when momentum
+    returns, as with torch's step (bit for bit)."""
+    prune = dict(target_sparsity=0.75, pretrain_step=1, sparse_step=4, frequency=2)  # events at 1, 3, 5
+    models, opts = _twins(lambda m: pruning.SGDSparse(m.named_parameters(), lr=0.05, momentum=0.9, **prune))
+    g = torch.Generator().manual_seed(6)
+    for step in range(8):
+        x, y = torch.randn(6, 160, generator=g), torch.randn(6, 8, generator=g)
+        for model, opt in zip(models, opts):
+            for group in opt.param_groups:
+                group["momentum"] = 0.0 if step == 3 else 0.9
+            backward(model, x, y)
+            opt.step()
+            _assert_pruned_zero(model, opt)
+        assert_same(models[0], models[1], opts[0], opts[1])
+    assert opts[0]._prunekit_native.steps >= 6
+
+
+def test_a_closure_takes_the_native_update_and_its_forward_sees_the_pruned_weights():
+    """``step(closure)`` (Lightning always passes one) runs the closure once, then the native update; an
+    event zeroes first, so the closure's forward pass runs on the pruned weights. Same losses, weights and
+    state as torch's step, bit for bit."""
+    models, opts = _twins(lambda m: pruning.SGDSparse(m.named_parameters(), lr=0.05, momentum=0.9, **PRUNE))
+    g = torch.Generator().manual_seed(7)
+    for _ in range(7):
+        x, y = torch.randn(6, 160, generator=g), torch.randn(6, 8, generator=g)
+        losses = []
+        for model, opt in zip(models, opts):
+            def closure(model=model, opt=opt):
+                for name, p in model.named_parameters():  # the forward pass sees the pruned weights
+                    if name in opt.pruning.masks:
+                        assert (p[~opt.pruning.masks[name]] == 0).all()
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                return loss
+            losses.append(opt.step(closure))
+            _assert_pruned_zero(model, opt)
+        assert torch.equal(losses[0], losses[1])
+        assert_same(models[0], models[1], opts[0], opts[1])
+    assert opts[0]._prunekit_native.steps >= 5
+
+
+def test_two_parameters_on_one_storage_take_torchs_step():
+    """Distinct parameters sharing one storage would be updated at once by the native update's threads;
+    torch updates them one after the other, so its step runs (deterministic, as torch's)."""
+    def make(model):
+        model[2].weight = torch.nn.Parameter(model[0].weight.data.view(-1)[:1024].view(8, 128))  # the first's storage
+        return pruning.SGDSparse(model.named_parameters(), lr=0.05, momentum=0.9, **PRUNE)
+
+    models, opts = _twins(make)
+    batches = data(6)
+    for model, opt in zip(models, opts):
+        for x, y in batches:
+            backward(model, torch.nn.functional.pad(x, (0, 144)), y)
+            opt.step()
+    assert opts[0]._prunekit_native.steps == 0
+    assert_same(models[0], models[1], opts[0], opts[1])
+
+
 @table(dtypes=[torch.float32], groups=(1,))
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4", "bank16", "block4x4", "global"])
 def test_events_zero_what_is_not_known_to_be_zero_and_spare_what_is(row, dtype, device, groups, pattern):

@@ -108,3 +108,17 @@ def test_bad_arrays_are_refused_by_name():
     read_only.flags.writeable = False
     with pytest.raises(ValueError, match="writable"):
         native.adam_steps([(read_only, w.copy(), w.copy(), w.copy(), None, False)], [{}])
+
+
+def test_without_momentum_an_existing_buffer_is_only_masked():
+    """A schedule may take momentum to 0: torch then leaves the buffer as it is, and so does the kernel,
+    except that a mask writes +0.0 into it wherever it prunes."""
+    n = 1000
+    g = torch.Generator().manual_seed(2)
+    w, grad, buf = (torch.randn(n, generator=g) for _ in range(3))
+    keep = torch.rand(n, generator=g) > 0.5
+    config = _hyper(dict(weight_decay=0.0, momentum=0.0, dampening=0.0, nesterov=False, maximize=False), 0.1)
+    for mask in (None, keep.to(torch.uint8).numpy()):
+        b = buf.clone()
+        native.sgd_steps([(w.clone().numpy(), grad.numpy(), b.numpy(), mask, False)], [config])
+        assert torch.equal(_bits(b), _bits(buf if mask is None else _zeroed(buf, keep)))

@@ -52,11 +52,11 @@ __all__ = ["kernels", "select_masks", "zero_where", "block_expand", "group_masks
 
 SAMPLE_STRIDE = 17  # prime, so the sample does not line up with a kernel or channel period
 SIGMAS = 3.5
-_ABI = 13
+_ABI = 14
 _BINS = 1 << 16
 _CHUNK = 64  # CHUNK in select.c
 _SOURCE = Path(__file__).with_name("_native") / "select.c"
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-fno-math-errno", "-shared", "-fPIC", "-std=c99"]
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC", "-std=c99"]
 
 _lock = threading.Lock()
 _loaded = {}  # "kernels": the loaded library or None (also when it failed: no retry, one warning)
@@ -538,7 +538,7 @@ def sgd_steps(tensors, hyper, threads=1):
     """One SGD step for each ``(w, g, momentum buffer or None, mask or None, zero_grad)``: C-contiguous
     float32 arrays, a uint8 mask (1 = kept; weights and buffer come out +0.0 where it is 0, and the
     gradient too with ``zero_grad``), in place. ``hyper``: one dict per tensor with ``weight_decay,
-    momentum, dampening, lr, nesterov, maximize`` (``momentum`` 0: no buffer; see ``pk_sgd`` in
+    momentum, dampening, lr, nesterov, maximize`` (``momentum`` 0: the buffer, if given, is only masked; see ``pk_sgd`` in
     ``_native/select.c`` for the arithmetic, torch's single-tensor SGD's)."""
     lib = kernels()
     if lib is None:

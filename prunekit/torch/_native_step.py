@@ -9,10 +9,12 @@ state come out +0.0 whatever went in. That is also what lets a prune event leave
 to the update right after it (see ``PruningEngine.masked_update``), instead of a zeroing pass of its own.
 
 Where it does not apply (another device or dtype, ``fused``, ``differentiable``, Adam's ``amsgrad`` and
-``capturable``, tensor hyper-parameters, sparse or missing gradients, a parameter's first step (its state is
-made by torch), a GradScaler that unscales inside the optimizer, no AVX2/FMA or no C compiler) the step is
-torch's own. SGD's results equal torch's single-tensor SGD bit for bit (its add-with-alpha is a fused
-multiply-add on CPU, and so is the kernel's); Adam's equal torch's single-tensor Adam to float32 rounding
+``capturable``, tensor hyper-parameters, sparse gradients, a parameter's first step (its state is made by
+torch), two parameters sharing one storage, a GradScaler that unscales inside the optimizer, no AVX2/FMA or
+no C compiler) the step is torch's own, for every parameter of that step. SGD's results equal torch's
+single-tensor SGD bit for bit where torch dispatches to its AVX2 or AVX-512 kernels (its add-with-alpha is
+then a fused multiply-add, as the kernel's is; with ``ATEN_CPU_CAPABILITY=default`` they differ by float32
+rounding); Adam's equal torch's single-tensor Adam to float32 rounding
 (torch fuses some multiply-adds; this kernel rounds each operation): see ``tests/test_torch_contracts.py``.
 """
 
@@ -47,7 +49,7 @@ class _NativeStep:
             return None
         if getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None:
             return None
-        work = []
+        work, storages = [], set()
         for group in optimizer.param_groups:
             if group.get("fused") or group.get("differentiable") or not self._group_ok(group):
                 return None
@@ -56,6 +58,10 @@ class _NativeStep:
                     continue
                 if not _plain_cpu(p):
                     return None
+                storage = p.untyped_storage().data_ptr()
+                if storage in storages:  # two parameters on one storage: torch updates them one after the other
+                    return None
+                storages.add(storage)
                 item = self._item(optimizer, group, p)
                 if item is None:
                     return None
@@ -98,13 +104,13 @@ class NativeSGDStep(_NativeStep):
 
     @staticmethod
     def _item(optimizer, group, p):
-        buf = None
-        if group["momentum"] != 0:
-            buf = optimizer.state.get(p, {}).get("momentum_buffer")
-            if buf is None:  # its first step: torch makes the buffer (a copy of the gradient)
-                return None
-            if not (buf.dtype == p.dtype and buf.device == p.device and buf.is_contiguous() and buf.shape == p.shape):
-                return None
+        # a buffer made while momentum was on stays when a schedule takes momentum to 0: it is masked then
+        buf = optimizer.state.get(p, {}).get("momentum_buffer")
+        if buf is None and group["momentum"] != 0:  # its first step: torch makes the buffer (a copy of the gradient)
+            return None
+        if buf is not None and not (torch.is_tensor(buf) and buf.dtype == p.dtype and buf.device == p.device
+                                    and buf.is_contiguous() and buf.shape == p.shape):
+            return None
         return (p, buf, group)
 
     @staticmethod

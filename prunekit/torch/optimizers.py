@@ -163,18 +163,28 @@ class SparseOptimizerMixin:
         compiled = getattr(self, "_prunekit_compiled", None)
         native_step = getattr(self, "_prunekit_native", None)
         elementwise = self._prunekit_elementwise
+        native_ok = compiled is None and elementwise and native_step is not None
+        loss, evented = None, False
+        if closure is not None and native_ok:
+            # as torch's SGD and Adam: the closure once, then the update (Lightning always passes one); an
+            # event first zeroes what it prunes, so that the closure's forward pass sees the pruned weights
+            engine.before_update(defer=False)
+            evented = True
+            with torch.enable_grad():
+                loss = closure()
+            closure = None
         # the default on CPU: one native pass per tensor that also writes the zeros of what an event prunes
-        plan = (native_step.plan(self) if closure is None and compiled is None and elementwise
-                and native_step is not None else None)
-        # an event's zeroing waits until it is known how the update runs (a compiled or native step does it)
-        engine.before_update(defer=closure is None, by_update=plan is not None)
+        plan = native_step.plan(self) if closure is None and native_ok else None
+        if not evented:
+            # an event's zeroing waits until it is known how the update runs (a compiled or native step does it)
+            engine.before_update(defer=closure is None, by_update=plan is not None)
         l1 = engine.config.L1_regularization
         grad_scale = getattr(self, "grad_scale", None)
         # before the first event (no masks) the step stays torch's own, bit for bit
         if plan is not None and engine.masks:
             engine.masked_update(lambda masks, zero_grads: native_step.run(self, plan, masks, zero_grads),
                                  [item[0] for item in plan], l1=l1)
-            return None
+            return loss
         if compiled is not None and closure is None and not l1:
             engine.mask_grads()
             if compiled(self, engine.masks_by_param()):
@@ -191,7 +201,7 @@ class SparseOptimizerMixin:
 
         if closure is None:
             prepare()
-            loss = self._base_step()
+            self._base_step()
         else:
             def processed_closure():
                 result = closure()

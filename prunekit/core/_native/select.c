@@ -22,7 +22,7 @@
 #define BINS (1u << (31 - SHIFT))
 
 /* Bumped whenever a signature or a meaning changes (the loader checks it). */
-int pk_abi(void) { return 13; }
+int pk_abi(void) { return 14; }
 
 /* 1 when built with AVX2 and FMA and the CPU running it has both (asked with cpuid; nothing here executes
  * either before this answers, so the library loads on any x86-64 CPU). */
@@ -869,7 +869,9 @@ sgd_impl(float *restrict w, float *restrict g, float *restrict b, const uint8_t 
 #define SGD_CASE(WD, MOM, NEST, MASK) \
     sgd_impl(w, g, b, mask, n, wd, momentum, damp1, neg_lr, sign, zero_grad, WD, MOM, NEST, MASK)
 
-/* One SGD step over w[0:n] (b: the momentum buffer, unused without momentum). */
+/* One SGD step over w[0:n] (b: the momentum buffer, or NULL). Without momentum (a schedule may take it to 0
+ * for a while) torch leaves an existing buffer as it is; with a mask it still gets +0.0 wherever the mask
+ * prunes, so that when momentum comes back the pruned weights stay 0. */
 void pk_sgd(float *w, float *g, float *b, const uint8_t *mask, int64_t n, float wd, float momentum, float damp1,
             float neg_lr, int nesterov, int maximize, int zero_grad)
 {
@@ -886,14 +888,17 @@ void pk_sgd(float *w, float *g, float *b, const uint8_t *mask, int64_t n, float 
     } else {
         if (nest) SGD_CASE(0, 1, 1, 1); else if (has_mom) SGD_CASE(0, 1, 0, 1); else SGD_CASE(0, 0, 0, 1);
     }
+    if (mask && b && !has_mom)
+        for (int64_t i = 0; i < n; i++) b[i] = float_of(bits_of(b[i]) & -(uint32_t)mask[i]);
 }
 
 /* One Adam / AdamW step over w[0:n] in float32, in the order of torch's single-tensor Adam (weight decay,
  * the first moment by lerp, the second by mul and addcmul, then addcdiv with sqrt(v) / bc2_sqrt + eps), one
  * pass instead of five. decay_mul: 1 - lr * weight_decay (AdamW), applied first; l2: weight_decay for
  * Adam's L2 (grad += l2 * w); neg_step: -lr / (1 - beta1^t); bc2_sqrt: sqrt(1 - beta2^t). Written so the
- * compiler vectorises it (branch-free); no FMA contraction (-std=c99), so each product rounds as torch's
- * separate ops do where torch does not fuse. mask, zero_grad: as pk_sgd's. */
+ * compiler vectorises it (branch-free); no FMA contraction, so each product rounds as torch's
+ * separate ops do where torch does not fuse (built with -ffp-contract=off: clang contracts by default).
+ * mask, zero_grad: as pk_sgd's. */
 static inline __attribute__((always_inline)) void
 adam_impl(float *restrict w, float *restrict g, float *restrict m, float *restrict v, const uint8_t *restrict mask,
           int64_t n, float decay_mul, float l2, float one_minus_beta1, float beta2, float one_minus_beta2,
