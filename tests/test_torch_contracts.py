@@ -667,6 +667,29 @@ def test_a_closure_takes_the_native_update_and_its_forward_sees_the_pruned_weigh
     assert opts[0]._prunekit_native.steps >= 5
 
 
+def test_l1_on_the_native_update_leaves_pruned_gradients_zero():
+    """With ``L1_regularization`` the pull goes into the gradients before the native update; where a weight
+    edited since the last step is not 0 at a pruned entry, the update still leaves weight, momentum and
+    gradient +0.0 there. Same as torch's step, bit for bit."""
+    prune = dict(PRUNE, L1_regularization=True, l1_strength=1e-3)
+    models, opts = _twins(lambda m: pruning.SGDSparse(m.named_parameters(), lr=0.05, momentum=0.9, **prune))
+    g = torch.Generator().manual_seed(8)
+    for step in range(7):
+        x, y = torch.randn(6, 160, generator=g), torch.randn(6, 8, generator=g)
+        for model, opt in zip(models, opts):
+            backward(model, x, y)
+            if step == 4:  # not an event: an edit that moves the version counter, after backward
+                with torch.no_grad():
+                    model[0].weight[~opt.pruning.masks["0.weight"]] = 2.0
+            opt.step()
+            _assert_pruned_zero(model, opt)
+            for name, p in model.named_parameters():
+                if name in opt.pruning.masks:
+                    assert (_bits(p.grad)[~opt.pruning.masks[name]] == 0).all(), name
+        assert_same(models[0], models[1], opts[0], opts[1])
+    assert opts[0]._prunekit_native.steps >= 5
+
+
 def test_two_parameters_on_one_storage_take_torchs_step():
     """Distinct parameters sharing one storage would be updated at once by the native update's threads;
     torch updates them one after the other, so its step runs (deterministic, as torch's)."""

@@ -597,7 +597,7 @@ class PruningEngine:
         update makes anyway, and weights or gradients changed since this engine last zeroed them (a load,
         an edit, a gradient no hook masked); what the update does not step (no gradient) is zeroed here.
         Then the step is counted (``l1``: the L1 pull is added to the gradients first, and every mask goes
-        to the update)."""
+        to the update, gradients included)."""
         stepped = {id(p) for p in stepped}
         names = {s.name for s, p in self._specs if id(p) in stepped}
         deferred = self._deferred
@@ -612,7 +612,7 @@ class PruningEngine:
             grad_dirty = not self._grad_clean(spec.name, p)
             if l1 or grad_dirty or spec.name in deferred or not self._weights_clean(spec.name, p):
                 dirty[p] = mask
-            if grad_dirty:
+            if l1 or grad_dirty:  # L1 pulls a pruned entry whose weight is not 0 yet
                 zero_grads.add(p)
         self.mask_grads(skip=names)
         if l1:
