@@ -538,8 +538,8 @@ def sgd_steps(tensors, hyper, threads=1):
     """One SGD step for each ``(w, g, momentum buffer or None, mask or None, zero_grad)``: C-contiguous
     float32 arrays, a uint8 mask (1 = kept; weights and buffer come out +0.0 where it is 0, and the
     gradient too with ``zero_grad``), in place. ``hyper``: one dict per tensor with ``weight_decay,
-    momentum, dampening, lr, nesterov, maximize`` (``momentum`` 0: the buffer, if given, is only masked; see ``pk_sgd`` in
-    ``_native/select.c`` for the arithmetic, torch's single-tensor SGD's)."""
+    momentum, dampening, lr, nesterov, maximize`` (``momentum`` 0: the buffer, if given, is only masked;
+    see ``pk_sgd`` in ``_native/select.c`` for the arithmetic, torch's single-tensor SGD's)."""
     lib = kernels()
     if lib is None:
         raise RuntimeError("prunekit: the native kernels are not available here (see prunekit.core.native)")

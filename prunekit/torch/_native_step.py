@@ -96,7 +96,7 @@ class _NativeStep:
 class NativeSGDStep(_NativeStep):
     """``torch.optim.SGD``'s step natively (see the module doc)."""
 
-    _kernel = staticmethod(lambda arrays, hyper, threads: native.sgd_steps(arrays, hyper, threads=threads))
+    _kernel = staticmethod(native.sgd_steps)
 
     @staticmethod
     def _group_ok(group):
@@ -125,7 +125,7 @@ class NativeSGDStep(_NativeStep):
 class NativeAdamStep(_NativeStep):
     """``torch.optim.Adam`` / ``AdamW``'s step natively (see the module doc)."""
 
-    _kernel = staticmethod(lambda arrays, hyper, threads: native.adam_steps(arrays, hyper, threads=threads))
+    _kernel = staticmethod(native.adam_steps)
 
     @staticmethod
     def _group_ok(group):
